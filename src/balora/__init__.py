@@ -1,5 +1,44 @@
-"""balora: BA-LoRA and Dual LoRA fine-tuning on top of transformers and peft (SPEC section 7)."""
+"""balora: BA-LoRA and Dual LoRA fine-tuning on top of transformers and peft (SPEC section 7).
+
+>>> import balora
+>>> model = balora.adapt(model, method="ba-lora", r=16, target_modules="all-linear")
+>>> with balora.as_pretrained(model):
+...     reference_logits = model(**batch).logits
+"""
 
 from __future__ import annotations
 
+from .errors import BaloraError, ConfigError, DataError, ModelError, NonFiniteLossError
+from .methods import METHODS, adapt, set_training_step
+from .persistence import load
+from .reference import as_pretrained
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "BALoRATrainer",
+    "BaloraError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "NonFiniteLossError",
+    "adapt",
+    "as_pretrained",
+    "load",
+    "regularizers",
+    "set_training_step",
+]
+
+
+def __getattr__(name: str):
+    # The Trainer pulls in transformers' training stack; import it only when asked for.
+    if name == "BALoRATrainer":
+        from .training import BALoRATrainer
+
+        return BALoRATrainer
+    if name == "regularizers":
+        from . import regularizers
+
+        return regularizers
+    raise AttributeError(f"module 'balora' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random models built from configs (no network, well under a second)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+VOCAB = 128
+
+
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def tiny_bert(seed: int = 0, num_labels: int = 3) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=64, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def llama_batch(batch: int = 2, length: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, VOCAB, (batch, length), generator=g)
+    labels = input_ids.clone()
+    labels[:, : length // 2] = -100
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+def bert_batch(batch: int = 4, length: int = 8, seed: int = 1, num_labels: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, VOCAB, (batch, length), generator=g)
+    labels = torch.randint(0, num_labels, (batch,), generator=g)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+MODEL_KINDS = {
+    "llama": (tiny_llama, llama_batch),
+    "bert": (tiny_bert, bert_batch),
+}
+
+
+@pytest.fixture(params=sorted(MODEL_KINDS))
+def model_kind(request):
+    return request.param
