@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from . import regularizers
 from .errors import BaloraError, ConfigError, DataError, ModelError, NonFiniteLossError
 from .methods import METHODS, adapt, set_training_step
 from .persistence import load
@@ -37,8 +38,4 @@ def __getattr__(name: str):
         from .training import BALoRATrainer
 
         return BALoRATrainer
-    if name == "regularizers":
-        from . import regularizers
-
-        return regularizers
     raise AttributeError(f"module 'balora' has no attribute {name!r}")

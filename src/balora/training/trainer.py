@@ -1,0 +1,147 @@
+"""``BALoRATrainer``: a ``transformers.Trainer`` whose loss is task + Σ λ_i · term_i (SPEC sections 2, 7).
+
+Every method goes through the same code path: with the ``none`` preset (the default for methods other
+than ``ba-lora``) the loss is the task loss alone, so LoRA, PiSSA, DoRA, Dual LoRA and full fine-tuning
+compare with BA-LoRA on equal terms. Per-term values are gathered at each step and flushed, averaged
+over the steps and the processes, in :meth:`log` (so they reach the progress bar, TensorBoard, ...):
+``reg/<term>`` (raw, signed as added), ``reg/<term>_weighted`` (λ · raw) and ``reg/lambda_<term>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import Trainer
+
+from ..methods import method_of
+from ..reference import snapshot_full_reference
+from .callbacks import DualLoraWarmupCallback
+from .config import BALoRAConfig
+from .terms import (
+    capture_head_input,
+    find_head,
+    nlg_terms,
+    nlu_target_rule,
+    nlu_terms,
+    pooled_from_head_input,
+    reference_outputs,
+    task_of,
+)
+from .weights import TERMS
+
+logger = logging.getLogger("balora")
+
+
+class BALoRATrainer(Trainer):
+    """A ``Trainer`` that adds the BA-LoRA regularizers to the task loss and runs Dual LoRA's warm-up.
+
+    Args:
+        balora_config: :class:`BALoRAConfig` (weights preset, overrides, T, K, k, NLU target). Default:
+            the ``paper`` preset for ``ba-lora`` models and no regularizer for other methods.
+        *args, **kwargs: everything ``transformers.Trainer`` takes. ``model`` must come from
+            :func:`balora.adapt` or :func:`balora.load`.
+    """
+
+    def __init__(self, *args: Any, balora_config: BALoRAConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.balora_config = balora_config or BALoRAConfig()
+        self.balora_method = method_of(self.model)
+        self.balora_task = task_of(self.model) if self.balora_config.task == "auto" else self.balora_config.task
+        self.weight_schedule = self.balora_config.schedule(self.balora_method, self.balora_task)
+        self.balora_info: dict[str, Any] = {"method": self.balora_method, "task": self.balora_task}
+        self._term_log: dict[str, list[torch.Tensor]] = {}
+        self._head: nn.Module | None = None
+        self._head_pools_last_token = False
+        self._nlu_target: str | None = None
+        if self.weight_schedule.consistency > 0 and self.balora_method == "full":
+            if not hasattr(self.model, "_balora_initial_state"):
+                logger.info("full fine-tuning with L_CR: keeping a copy of the initial weights as the reference")
+                snapshot_full_reference(self.model)
+        if self.balora_task == "nlu" and self.weight_schedule.any_active:
+            self._setup_nlu_target()
+        self.add_callback(DualLoraWarmupCallback())
+
+    def _setup_nlu_target(self) -> None:
+        num_classes = getattr(self.model.config, "num_labels", None) or 1
+        self._nlu_target = nlu_target_rule(num_classes, self.balora_config)
+        if self._nlu_target == "pooled":
+            name, self._head = find_head(self.model)
+            self._head_pools_last_token = name.rsplit(".", 1)[-1] == "score"
+        self.balora_info["nlu_target"] = self._nlu_target
+        logger.info(
+            "BA-LoRA NLU diversity/SVD terms use the %s (C=%d classes, k=%d)",
+            "logits" if self._nlu_target == "logits" else "pooled representation the head reads",
+            num_classes, self.balora_config.nlu_svd_k,
+        )
+
+    # ------------------------------------------------------------------ loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        if not model.training or not self.weight_schedule.any_active:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        weights = self.weight_schedule.weights_at(self.state.global_step, self.state.max_steps)
+        labels = inputs.get("labels")
+        reference = None
+        if weights["consistency"] > 0:
+            reference = reference_outputs(model, inputs, self.balora_task)
+        pooled = None
+        if self._head is not None:
+            with capture_head_input(self._head) as seen:
+                task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            pooled = pooled_from_head_input(seen[-1], inputs.get("attention_mask"), self._head_pools_last_token)
+        else:
+            task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if self.balora_task == "nlg":
+            terms = nlg_terms(outputs.logits, labels, reference, weights, self.balora_config)
+        else:
+            terms = nlu_terms(outputs.logits, reference, pooled, self._nlu_target, weights, self.balora_config)
+        regularizer = sum(weights[name] * value for name, value in terms.items())
+        loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer
+        self._record(task_loss, terms, weights)
+        return (loss, outputs) if return_outputs else loss
+
+    def _regularizer_scale(self, num_items_in_batch: torch.Tensor | int | None) -> float:
+        """Match the task loss's gradient-accumulation scaling.
+
+        When the task loss is normalised over the whole accumulated batch (``num_items_in_batch``), the
+        Trainer does not divide it by the accumulation steps, so the per-batch regularizer means are
+        divided here. The cross-process factor the Trainer applies to token-averaged losses is not
+        applied: DDP's gradient averaging already makes the per-process means a global mean.
+        """
+        scaled_by_trainer = self.loss_is_scaled_for_ga
+        if scaled_by_trainer is None:
+            scaled_by_trainer = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        return 1.0 / self.current_gradient_accumulation_steps if scaled_by_trainer else 1.0
+
+    # ------------------------------------------------------------------ logging
+
+    def _record(self, task_loss: torch.Tensor, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+        log = self._term_log
+        for name in TERMS:
+            if name not in terms:
+                continue
+            value = terms[name].detach().float()
+            log.setdefault(f"reg/{name}", []).append(value)
+            log.setdefault(f"reg/{name}_weighted", []).append(value * weights[name])
+            log.setdefault(f"reg/lambda_{name}", []).append(torch.tensor(weights[name], device=value.device))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._term_log and "loss" in logs:  # training logs only, not evaluation
+            for key, values in self._term_log.items():
+                mean = torch.stack(values).mean()
+                if self.accelerator.num_processes > 1:
+                    mean = self.accelerator.reduce(mean, reduction="mean")
+                logs[key] = round(mean.item(), 8)
+            self._term_log = {}
+        super().log(logs, start_time)
