@@ -37,6 +37,10 @@ def snapshot_full_reference(model: nn.Module) -> None:
     object.__setattr__(model, _FULL_REFERENCE_ATTR, state)
 
 
+def has_full_reference(model: nn.Module) -> bool:
+    return hasattr(getattr(model, "module", model), _FULL_REFERENCE_ATTR)
+
+
 @contextlib.contextmanager
 def _switched_adapter(model: nn.Module, adapter: str) -> Iterator[None]:
     """Make ``adapter`` the active one in every peft layer and head wrapper, leaving ``requires_grad`` alone.

@@ -17,7 +17,7 @@ import torch.nn as nn
 from transformers import Trainer
 
 from ..methods import method_of
-from ..reference import snapshot_full_reference
+from ..reference import has_full_reference, snapshot_full_reference
 from .callbacks import DualLoraWarmupCallback
 from .config import BALoRAConfig
 from .terms import (
@@ -56,10 +56,10 @@ class BALoRATrainer(Trainer):
         self._head: nn.Module | None = None
         self._head_pools_last_token = False
         self._nlu_target: str | None = None
-        if self.weight_schedule.consistency > 0 and self.balora_method == "full":
-            if not hasattr(self.model, "_balora_initial_state"):
-                logger.info("full fine-tuning with L_CR: keeping a copy of the initial weights as the reference")
-                snapshot_full_reference(self.model)
+        needs_snapshot = self.weight_schedule.consistency > 0 and self.balora_method == "full"
+        if needs_snapshot and not has_full_reference(self.model):
+            logger.info("full fine-tuning with L_CR: keeping a copy of the initial weights as the reference")
+            snapshot_full_reference(self.model)
         if self.balora_task == "nlu" and self.weight_schedule.any_active:
             self._setup_nlu_target()
         self.add_callback(DualLoraWarmupCallback())
