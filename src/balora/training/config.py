@@ -36,7 +36,7 @@ class BALoRAConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in (*PRESETS, "auto"):
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of: auto, {', '.join(PRESETS)}.")
+            raise ConfigError(f"unknown regularizer preset {self.preset!r}; choose one of: auto, {', '.join(PRESETS)}.")
         if self.nlu_target not in ("auto", "logits", "pooled"):
             raise ConfigError(f"nlu_target must be auto, logits or pooled, got {self.nlu_target!r}.")
         if self.svd_method not in ("auto", "exact", "randomized"):
