@@ -1,0 +1,195 @@
+"""The code-execution sandbox (SPEC section 4): limits, no network, no damage outside its folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from balora.errors import ConfigError
+from balora.evaluation import ISOLATION_LEVELS, run_python, sandbox_isolation
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform != "linux", reason="the sandbox's process checks read /proc"),
+]
+
+
+def processes_in(workdir: str) -> list[int]:
+    """Processes whose working directory is (or was, before its deletion) ``workdir``."""
+    assert "balora-sandbox-" in workdir, workdir
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd").startswith(workdir):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+PRINT_CWD = "import os, sys\nprint(os.getcwd(), flush=True)\n"
+
+
+def test_isolation_level_is_known_and_reported():
+    level = sandbox_isolation()
+    assert level in ISOLATION_LEVELS
+    assert run_python("pass", timeout=5).isolation == level
+
+
+def test_passing_program():
+    r = run_python("x = sum(range(10))\nassert x == 45\nprint('ok')", timeout=5)
+    assert r.passed and r.status == "passed" and r.returncode == 0
+    assert r.stdout_tail.strip() == "ok"
+
+
+def test_failing_assertion():
+    r = run_python("def f():\n    return 1\nassert f() == 2, 'wrong answer'", timeout=5)
+    assert not r.passed and r.status == "failed"
+    assert "AssertionError: wrong answer" in r.stderr_tail
+
+
+def test_syntax_error_and_exit_are_failures():
+    assert run_python("def f(:\n  pass", timeout=5).status == "failed"
+    r = run_python("import sys\nsys.exit(0)\nassert False", timeout=5)  # exit() must not count as a pass
+    assert r.status == "failed" and not r.passed
+    assert run_python("import os\nos._exit(0)", timeout=5).status == "failed"
+
+
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_infinite_loop_times_out_and_is_killed(isolation):
+    start = time.monotonic()
+    r = run_python(PRINT_CWD + "while True:\n    pass", timeout=1.0, isolation=isolation)
+    elapsed = time.monotonic() - start
+    assert r.status == "timeout" and not r.passed
+    assert 1.0 <= r.duration_s < 2.5 and elapsed < 3.0
+    assert processes_in(r.stdout_tail.strip()) == []
+    assert not Path(r.stdout_tail.strip()).exists()
+
+
+def test_sleeping_program_times_out():
+    r = run_python(PRINT_CWD + "import time\ntime.sleep(60)", timeout=0.5)
+    assert r.status == "timeout" and r.duration_s < 2.0
+    assert processes_in(r.stdout_tail.strip()) == []
+
+
+def test_runs_in_a_child_process_with_a_minimal_environment(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("BALORA_SECRET_TOKEN", "s3cret")
+    code = (
+        "import os\n"
+        f"assert os.getpid() != {os.getpid()}\n"
+        "assert os.environ['HOME'] == os.getcwd(), (os.environ['HOME'], os.getcwd())\n"
+        "assert not any('proxy' in k.lower() for k in os.environ), sorted(os.environ)\n"
+        "assert 'BALORA_SECRET_TOKEN' not in os.environ\n"
+        "open('scratch.txt', 'w').write('fine here')\n"
+        "print(os.getcwd())\n"
+    )
+    r = run_python(code, timeout=5)
+    assert r.passed, r.stderr_tail
+    workdir = r.stdout_tail.strip()
+    assert "balora-sandbox-" in workdir
+    assert not Path(workdir).exists()  # the temporary folder is deleted afterwards
+
+
+@pytest.fixture
+def listening_server():
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    yield server
+    server.close()
+
+
+def _accepted(server: socket.socket) -> bool:
+    try:
+        conn, _ = server.accept()
+    except (TimeoutError, OSError):
+        return False
+    conn.close()
+    return True
+
+
+@pytest.mark.parametrize("isolation", ["auto", "none"])  # "none": the in-process guard alone
+def test_network_is_refused(listening_server, isolation):
+    port = listening_server.getsockname()[1]
+    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
+    r = run_python(code, timeout=5, isolation=isolation)
+    assert not r.passed and r.status in ("failed", "error")
+    assert not _accepted(listening_server)
+    code = "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)"
+    assert not run_python(code, timeout=5, isolation=isolation).passed
+
+
+@pytest.mark.skipif(sandbox_isolation() == "none", reason="no network namespace on this machine")
+def test_network_namespace_stops_raw_sockets(listening_server):
+    port = listening_server.getsockname()[1]
+    # _socket bypasses the in-process guard; only the network namespace stops this one.
+    code = f"import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))"
+    r = run_python(code, timeout=5)
+    assert not r.passed
+    assert "Network is unreachable" in r.stderr_tail or "refused" in r.stderr_tail
+    assert not _accepted(listening_server)
+
+
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        "import os\nos.remove(P)",
+        "import os\nos.unlink(P)",
+        "open(P, 'w').write('overwritten')",
+        "open(P, 'a').write('appended')",
+        "import pathlib\npathlib.Path(P).write_text('overwritten')",
+        "import pathlib\npathlib.Path(P).unlink()",
+        "import shutil, os\nshutil.rmtree(os.path.dirname(P))",
+        "import os\nos.rename(P, 'stolen.txt')",
+        "import os\nos.replace('new.txt' if open('new.txt', 'w').write('x') else '', P)",
+        "import shutil\nshutil.move(P, 'stolen.txt')",
+        "import os\nfd = os.open(P, os.O_WRONLY | os.O_TRUNC)",
+        "import os\nos.chmod(P, 0)",
+        "import subprocess\nsubprocess.run(['rm', '-f', P])",
+        "import os\nos.system('rm -f ' + P)",
+    ],
+)
+@pytest.mark.parametrize("isolation", ["auto", "none"])  # "none": the in-process guard alone
+def test_files_outside_the_folder_survive(tmp_path, attempt, isolation):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    r = run_python(f"P = {str(victim)!r}\n{attempt}", timeout=5, isolation=isolation)
+    assert not r.passed, attempt
+    assert victim.exists() and victim.read_text() == "precious"
+    assert oct(victim.stat().st_mode & 0o777) != oct(0)
+
+
+@pytest.mark.skipif(sandbox_isolation() != "namespaces", reason="read-only mounts need namespaces")
+def test_read_only_mounts_stop_what_the_guards_miss(tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    # _io.FileIO is not patched by the guards; the read-only remount is what stops it.
+    r = run_python(f"import _io\n_io.FileIO({str(victim)!r}, 'w').write(b'gone')", timeout=5)
+    assert not r.passed and "Read-only file system" in r.stderr_tail
+    assert victim.read_text() == "precious"
+
+
+def test_fork_bomb_is_stopped():
+    code = PRINT_CWD + "import posix\nfor _ in range(64):\n    (os.fork if _ % 2 else posix.fork)()\n"
+    r = run_python(code, timeout=3)
+    assert not r.passed and r.status == "failed"
+    assert r.duration_s < 3
+    assert processes_in(r.stdout_tail.strip()) == []
+
+
+def test_memory_limit():
+    r = run_python("x = bytearray(3 * 2**30)", timeout=5, memory_mb=512)
+    assert r.status == "failed" and "MemoryError" in r.stderr_tail
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError):
+        run_python("pass", timeout=0)
+    with pytest.raises(ConfigError):
+        run_python("pass", isolation="docker")
