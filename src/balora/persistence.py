@@ -15,9 +15,11 @@ Every directory also gets ``balora_adapter.json`` with ``{"format": 1, "method":
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,22 @@ class BaloraPeftModelMixin:
 
     balora_method: str
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, convert_pissa: bool = True, **kwargs: Any):
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, convert_pissa: bool | None = None, **kwargs: Any
+    ) -> None:
+        """Save the adapter; PiSSA/BA-LoRA are converted to a plain LoRA unless ``convert_pissa=False``.
+
+        Inside :func:`checkpoint_saving` (the trainer's checkpoints) the raw training state is written
+        instead, with the initial adapter beside it, so training can resume exactly.
+        """
         save_directory = os.fspath(save_directory)
-        kwargs.setdefault("selected_adapters", ["default"])
+        checkpointing = getattr(self, "_balora_checkpointing", False)
+        if convert_pissa is None:
+            convert_pissa = not checkpointing
         method = self.balora_method
+        default_selection = ["default", INITIAL_ADAPTER] if checkpointing and INITIAL_ADAPTER in self.peft_config \
+            else ["default"]
+        kwargs.setdefault("selected_adapters", default_selection)
         if method in PISSA_METHODS and convert_pissa and "path_initial_model_for_weight_conversion" not in kwargs:
             with tempfile.TemporaryDirectory() as tmp:
                 super().save_pretrained(tmp, selected_adapters=[INITIAL_ADAPTER])
@@ -56,7 +70,6 @@ class BaloraPeftModelMixin:
         if kwargs.get("is_main_process", True):
             converted = method in PISSA_METHODS and convert_pissa
             _write_balora_file(save_directory, method, self.peft_config["default"], pissa_converted=converted)
-
 
     def _restore_non_lora_weights(self, save_directory: str) -> None:
         """Put back what peft's PiSSA conversion drops (peft 0.21 keeps only lora_A/lora_B entries).
@@ -103,6 +116,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def checkpoint_saving(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model.save_pretrained`` writes resumable raw state (no PiSSA conversion)."""
+    model._balora_checkpointing = True
+    try:
+        yield
+    finally:
+        model._balora_checkpointing = False
 
 
 _CLASS_CACHE: dict[type, type] = {}

@@ -17,6 +17,7 @@ import torch.nn as nn
 from transformers import Trainer
 
 from ..methods import method_of
+from ..persistence import BaloraPeftModelMixin, checkpoint_saving
 from ..reference import has_full_reference, snapshot_full_reference
 from .callbacks import DualLoraWarmupCallback
 from .config import BALoRAConfig
@@ -123,6 +124,17 @@ class BALoRATrainer(Trainer):
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
         return 1.0 / self.current_gradient_accumulation_steps if scaled_by_trainer else 1.0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """Checkpoints hold the raw adapter (and PiSSA's initial adapter), so a run resumes exactly;
+        ``save_model`` outside checkpoints writes the shareable, converted form."""
+        inner = self.accelerator.unwrap_model(self.model)
+        if isinstance(inner, BaloraPeftModelMixin):
+            with checkpoint_saving(inner):
+                return super()._save_checkpoint(model, trial)
+        return super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------ logging
 
