@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "BALoRAConfig",
     "BALoRATrainer",
     "BaloraError",
     "ConfigError",
@@ -32,10 +33,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # The Trainer pulls in transformers' training stack; import it only when asked for.
-    if name == "BALoRATrainer":
-        from .training import BALoRATrainer
+_LAZY = {"BALoRATrainer": "balora.training", "BALoRAConfig": "balora.training"}
 
-        return BALoRATrainer
+
+def __getattr__(name: str):
+    # The Trainer pulls in transformers' training stack: import it only when asked for.
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("training", "data", "evaluation", "experiment", "models", "bench", "plots"):
+        return importlib.import_module(f"balora.{name}")
     raise AttributeError(f"module 'balora' has no attribute {name!r}")

@@ -26,6 +26,7 @@ from typing import Any
 import torch.nn as nn
 from peft import LoraConfig, PeftModel
 
+from .atomic import write_json_atomic
 from .errors import ModelError
 from .methods import INITIAL_ADAPTER, PISSA_METHODS, method_of
 
@@ -97,25 +98,7 @@ def _write_balora_file(directory: str, method: str, config: LoraConfig, pissa_co
         "pissa_converted": pissa_converted,
         "peft_config": config.to_dict(),
     }
-    _atomic_write_text(Path(directory) / BALORA_FILE, json.dumps(info, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    return str(value)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(Path(directory) / BALORA_FILE, info)
 
 
 @contextlib.contextmanager

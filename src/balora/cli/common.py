@@ -52,7 +52,9 @@ def _coerce(action: argparse.Action, value: Any, key: str) -> Any:
     if value is None:
         return None
     try:
-        if action.nargs in ("*", "+"):
+        if action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
+            if isinstance(value, dict):  # a mapping for a list option: KEY=V1,V2 entries (compare's --grid)
+                value = [f"{k}={','.join(map(str, v if isinstance(v, list) else [v]))}" for k, v in value.items()]
             items = value if isinstance(value, list) else [value]
             return [action.type(v) if action.type else v for v in items]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):

@@ -1,0 +1,154 @@
+"""A grid of runs: methods x settings x seeds, each a ``balora train`` run in its own folder (SPEC 4).
+
+``OUT/cells/<cell>/`` holds each run; a cell with ``metrics.json`` is finished and skipped on re-runs, an
+interrupted one resumes from its last checkpoint. ``OUT/results.csv`` / ``results.json`` hold one row per
+finished cell and ``OUT/summary.csv`` the mean ± sample std over seeds per method and setting.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import math
+import statistics
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json_atomic, write_text_atomic
+from ..errors import BaloraError, ConfigError
+from .run import METRICS_FILE, run_training
+from .settings import TrainSettings
+
+logger = logging.getLogger("balora")
+
+
+@dataclass
+class Cell:
+    name: str
+    method: str
+    seed: int
+    setting: dict[str, Any]
+
+
+def parse_grid(entries: list[str] | None) -> dict[str, list[Any]]:
+    """``["label_noise=0,0.2", "rank=4,8"]`` -> {"label_noise": [0.0, 0.2], "rank": [4, 8]} (typed)."""
+    grid: dict[str, list[Any]] = {}
+    fields = TrainSettings.__dataclass_fields__
+    for entry in entries or []:
+        key, sep, values = entry.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values:
+            raise ConfigError(f"grid entry {entry!r} must look like KEY=V1,V2.")
+        if key not in fields or key in ("method", "seed", "output", "resume", "overwrite"):
+            raise ConfigError(f"grid key {key!r} is not a setting that can vary (methods and seeds have their "
+                              "own options).")
+        kind = {"float": float, "int": int, "str": str}
+        base = str(fields[key].type).split("|")[0].strip()
+        cast = kind.get(base, str)
+        try:
+            grid[key] = [None if v.strip() in ("none", "None") else cast(v.strip()) for v in values.split(",")]
+        except ValueError as exc:
+            raise ConfigError(f"grid entry {entry!r}: {exc}") from exc
+    return grid
+
+
+def make_cells(methods: list[str], seeds: list[int], grid: dict[str, list[Any]]) -> list[Cell]:
+    keys = list(grid)
+    cells = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values, strict=True))
+        for method in methods:
+            for seed in seeds:
+                tag = "".join(f"-{k}{v}" for k, v in setting.items())
+                cells.append(Cell(f"{method}{tag}-seed{seed}", method, seed, setting))
+    return cells
+
+
+def run_grid(base: TrainSettings, methods: list[str], seeds: list[int], grid: dict[str, list[Any]],
+             output: Path, metric: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every unfinished cell; returns (result rows, failed cell names)."""
+    cells = make_cells(methods, seeds, grid)
+    output.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for index, cell in enumerate(cells, 1):
+        folder = output / "cells" / cell.name
+        if (folder / METRICS_FILE).is_file():
+            logger.info("[%d/%d] %s: finished before, skipped", index, len(cells), cell.name)
+            continue
+        resume = folder.exists() and any(folder.iterdir())
+        logger.info("[%d/%d] %s%s", index, len(cells), cell.name, " (resuming)" if resume else "")
+        settings = replace(base, method=cell.method, seed=cell.seed, output=str(folder), resume=resume,
+                           overwrite=False, **cell.setting)
+        try:
+            run_training(settings)
+        except (BaloraError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # keep the other cells going; the failure is reported at the end
+            failed.append(cell.name)
+            logger.error("%s failed: %s: %s", cell.name, type(exc).__name__, exc)
+            logger.debug(traceback.format_exc())
+    rows = collect_results(output, cells)
+    write_results(output, rows, metric, list(grid))
+    return rows, failed
+
+
+def collect_results(output: Path, cells: list[Cell]) -> list[dict[str, Any]]:
+    rows = []
+    for cell in cells:
+        file = output / "cells" / cell.name / METRICS_FILE
+        if file.is_file():
+            metrics = json.loads(file.read_text())
+            runtime = metrics.pop("train_runtime_s", None)
+            rows.append({"cell": cell.name, "method": cell.method, "seed": cell.seed, **cell.setting, **metrics,
+                         "runtime_s": runtime})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], metric: str, by: list[str]) -> list[dict[str, Any]]:
+    """Mean, sample std and count of ``metric`` per group of ``by`` columns (std 0 for one seed)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        value = row.get(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        groups.setdefault(tuple(row.get(k) for k in by), []).append(float(value))
+    summary = []
+    for key, values in groups.items():
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append({**dict(zip(by, key, strict=True)), "mean": statistics.fmean(values), "std": std,
+                        "n": len(values)})
+    return summary
+
+
+def write_results(output: Path, rows: list[dict[str, Any]], metric: str, grid_keys: list[str]) -> None:
+    write_json_atomic(output / "results.json", rows)
+    write_text_atomic(output / "results.csv", _csv(rows))
+    summary = summarize(rows, metric, ["method", *grid_keys])
+    write_text_atomic(output / "summary.csv", _csv([{**s, "metric": metric} for s in summary]))
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def format_table(rows: list[dict[str, Any]], metric: str, grid_keys: list[str]) -> str:
+    """Plain-text table: one line per method and setting, ``mean ± std (n seeds)``."""
+    summary = summarize(rows, metric, ["method", *grid_keys])
+    header = ["method", *grid_keys, metric]
+    lines = [[str(s[k]) for k in ("method", *grid_keys)] + [f"{s['mean']:.4f} ± {s['std']:.4f} (n={s['n']})"]
+             for s in summary]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*x) for x in lines])

@@ -1,0 +1,134 @@
+"""An experiment's data: load, validate, split, then perturb the training split only (SPEC section 4).
+
+Order: load → validate labels/columns → split train/validation/test (seeded, stratified) → subsample the
+training split → class imbalance → label noise. Validation, test and out-of-domain sets stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data import (
+    PACKAGED_DATASETS,
+    NLUColumns,
+    add_label_noise,
+    load_dataset_any,
+    make_imbalanced,
+    prepare_nlu,
+    split,
+    subsample,
+)
+from ..errors import ConfigError, DataError
+from .settings import TrainSettings
+
+logger = logging.getLogger("balora")
+
+NLU_TASKS = ("classification", "regression")
+
+
+@dataclass
+class ExperimentData:
+    task: str  # classification | regression | sft | code
+    train: Any
+    validation: Any
+    test: Any
+    ood: Any | None = None
+    label_names: list[str] | None = None
+    noise_indices: list[int] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.task == "regression" else len(self.label_names or [])
+
+
+def infer_task(settings: TrainSettings, columns: list[str]) -> str:
+    """The task of ``settings.dataset``: the packaged registry's, else from the columns."""
+    if settings.task != "auto":
+        return settings.task
+    if settings.dataset in PACKAGED_DATASETS:
+        kind = PACKAGED_DATASETS[settings.dataset].task
+        return {"classification": "classification", "sft": "sft", "code": "code"}[kind]
+    if settings.label_column in columns:
+        return "classification"
+    if settings.prompt_column in columns and settings.response_column in columns:
+        return "sft"
+    raise DataError(
+        f"cannot tell the task of {settings.dataset!r} from its columns ({', '.join(columns)}): expected a "
+        f"'{settings.label_column}' column (classification) or '{settings.prompt_column}' and "
+        f"'{settings.response_column}' (sft); set --task or the column options."
+    )
+
+
+def _load(name: str, settings: TrainSettings, size: int | None = None) -> Any:
+    encoding = {"encoding": "latin-1"} if name.endswith(".csv") else {}
+    try:
+        return load_dataset_any(name, size=size, seed=settings.data_seed)
+    except UnicodeDecodeError:
+        return load_dataset_any(name, size=size, seed=settings.data_seed, **encoding)
+
+
+def _generated_size(settings: TrainSettings) -> int | None:
+    """Packaged generators (gsm-symbolic) make as many rows as the splits need."""
+    if settings.dataset != "gsm-symbolic" or settings.train_size is None:
+        return None
+    held_out = settings.validation_fraction + (0 if settings.eval_dataset else settings.test_fraction)
+    return math.ceil(settings.train_size / (1 - held_out))
+
+
+def load_experiment_data(settings: TrainSettings) -> ExperimentData:
+    raw = _load(settings.dataset, settings, size=_generated_size(settings))
+    task = infer_task(settings, raw.column_names)
+    columns = NLUColumns(text=settings.text_column, text_pair=settings.text_pair_column, label=settings.label_column)
+    label_names = None
+    if task in NLU_TASKS:
+        if settings.text_pair_column is None:
+            columns = NLUColumns.infer(raw.column_names, text=settings.text_column, label=settings.label_column)
+        raw, label_names = prepare_nlu(raw, columns, task)
+    elif settings.label_noise or settings.imbalance_ratio:
+        raise ConfigError("--label-noise and --imbalance-ratio apply to classification data only.")
+    test_fraction = 0.0 if settings.eval_dataset else settings.test_fraction
+    parts = split(raw, settings.validation_fraction, test_fraction, seed=settings.data_seed,
+                  stratify=task == "classification", label_column=settings.label_column)
+    train, validation, test = parts["train"], parts["validation"], parts["test"]
+    if settings.eval_dataset:
+        test = _load_aligned(settings.eval_dataset, settings, task, columns, label_names)
+    ood = _load_aligned(settings.ood_dataset, settings, task, columns, label_names) if settings.ood_dataset else None
+    if settings.train_size is not None and settings.train_size < train.num_rows:
+        train = subsample(train, settings.train_size, settings.data_seed, "training split")
+    if settings.imbalance_ratio:
+        train = make_imbalanced(train, settings.imbalance_ratio, seed=settings.data_seed,
+                                label_column=settings.label_column)
+    noise_indices: list[int] = []
+    if settings.label_noise:
+        train, noise_indices = add_label_noise(train, settings.label_noise, len(label_names or []),
+                                               seed=settings.data_seed, label_column=settings.label_column)
+    if settings.eval_size is not None:
+        validation, test = (_cap(d, settings) for d in (validation, test))
+        ood = _cap(ood, settings) if ood is not None else None
+    for name, part in (("training", train), ("test", test)):
+        if part.num_rows == 0:
+            raise DataError(f"the {name} split of {settings.dataset!r} is empty; use more data or smaller "
+                            "--validation-fraction/--test-fraction.")
+    logger.info("data: %s task, %d train / %d validation / %d test%s%s", task, train.num_rows, validation.num_rows,
+                test.num_rows, f" / {ood.num_rows} out-of-domain" if ood is not None else "",
+                f", {len(noise_indices)} noisy labels" if noise_indices else "")
+    return ExperimentData(task, train, validation, test, ood, label_names, list(map(int, noise_indices)))
+
+
+def _cap(dataset: Any, settings: TrainSettings) -> Any:
+    if settings.eval_size is None or dataset.num_rows <= settings.eval_size:
+        return dataset
+    return subsample(dataset, settings.eval_size, settings.data_seed, "evaluation set")
+
+
+def _load_aligned(name: str, settings: TrainSettings, task: str, columns: NLUColumns,
+                  label_names: list[str] | None) -> Any:
+    """An extra evaluation set with the training data's label mapping."""
+    dataset = _load(name, settings)
+    if task in NLU_TASKS:
+        cols = NLUColumns.infer(dataset.column_names, text=settings.text_column, label=settings.label_column)
+        dataset, _ = prepare_nlu(dataset, cols, task, label_names=label_names)
+    return dataset

@@ -1,0 +1,90 @@
+"""Evaluate a trained model on one split: GLUE metrics (NLU); held-out loss plus exact match or pass@1 (NLG).
+
+Shared by ``balora train`` (validation, test, out-of-domain) and ``balora eval`` (a saved adapter).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import NLUColumns, sft_collator, tokenize_nlu, tokenize_sft
+from ..evaluation import (
+    classification_metrics,
+    evaluate_humaneval,
+    generate_greedy,
+    math_accuracy,
+    regression_metrics,
+)
+from .settings import TrainSettings
+
+logger = logging.getLogger("balora")
+
+
+def response_column(task: str, settings: TrainSettings) -> str:
+    """HumanEval-style data trains on the canonical solution as the response."""
+    return "canonical_solution" if task == "code" else settings.response_column
+
+
+def tokenize(dataset: Any, tokenizer: Any, task: str, settings: TrainSettings) -> Any:
+    if task in ("classification", "regression"):
+        columns = NLUColumns.infer(dataset.column_names, text=settings.text_column, label=settings.label_column)
+        if settings.text_pair_column:
+            columns = NLUColumns(settings.text_column, settings.text_pair_column, settings.label_column)
+        return tokenize_nlu(dataset, tokenizer, columns, max_length=settings.max_length)
+    return tokenize_sft(dataset, tokenizer, prompt_column=settings.prompt_column,
+                        response_column=response_column(task, settings), max_length=settings.max_length)
+
+
+def collator(tokenizer: Any, task: str) -> Any:
+    if task in ("classification", "regression"):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+    return sft_collator(tokenizer)
+
+
+def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings,
+                   num_labels: int | None = None) -> dict[str, float]:
+    """Metrics of ``trainer.model`` on ``dataset`` (raw rows of the experiment's task)."""
+    if dataset is None or dataset.num_rows == 0:
+        return {}
+    tokenized = tokenize(dataset, tokenizer, task, settings)
+    if task in ("classification", "regression"):
+        output = trainer.predict(tokenized, metric_key_prefix="eval")
+        predictions = np.asarray(output.predictions[0] if isinstance(output.predictions, tuple)
+                                 else output.predictions)
+        labels = np.asarray(output.label_ids)
+        if task == "regression":
+            return regression_metrics(predictions.reshape(-1).tolist(), labels.reshape(-1).tolist())
+        return classification_metrics(predictions.argmax(-1).tolist(), labels.tolist(), num_labels=num_labels)
+    loss = trainer.evaluate(eval_dataset=tokenized)["eval_loss"]
+    metrics = {"eval_loss": float(loss), "perplexity": float(math.exp(min(loss, 50.0)))}
+    metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings))
+    return metrics
+
+
+def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings
+                        ) -> dict[str, float]:
+    if not settings.generate_size:
+        return {}
+    rows = dataset.select(range(min(settings.generate_size, dataset.num_rows)))
+    prompts = list(rows[settings.prompt_column])
+    with torch.no_grad():
+        completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
+                                      batch_size=settings.eval_batch_size)
+    if task == "code":
+        result = evaluate_humaneval([dict(r) for r in rows], completions)
+        return {"pass@1": float(result["pass@1"]), "code_n": float(result["n"])}
+    references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]
+    result = math_accuracy(completions, list(references))
+    return {"exact_match": float(result["accuracy"]), "answered": float(result["answered"]),
+            "generated_n": float(result["n"])}
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{key}": value for key, value in metrics.items()}

@@ -1,0 +1,121 @@
+"""One experiment's settings: a dataclass whose fields ARE the ``balora train`` options and YAML keys.
+
+Each field's metadata gives the command-line help; ``cli/train.py`` builds its parser from these fields,
+``balora compare`` varies them in a grid, and the resolved values are written to ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError
+from ..methods import METHODS
+
+TASKS = ("auto", "classification", "regression", "sft", "code")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainSettings:
+    """Everything ``balora train`` needs; see each field's help."""
+
+    model: str = _opt(None, "packaged model (minilm, smollm2-135m) or a local model directory", required=True)
+    dataset: str = _opt(None, "packaged data set (boolq, tweets, gsm-symbolic, humaneval) or a local "
+                              "csv/json/jsonl/parquet file or saved datasets folder", required=True)
+    output: str = _opt(None, "run directory (adapter, config.yaml, logs, metrics.json)", required=True)
+    method: str = _opt("ba-lora", "adaptation method", choices=METHODS)
+    eval_dataset: str | None = _opt(None, "evaluate on this data set instead of the held-out test split")
+    ood_dataset: str | None = _opt(None, "also evaluate, without training on it, on this out-of-domain data set "
+                                         "with the same labels (reported as ood_*)")
+    task: str = _opt("auto", "classification, regression, sft (instruction/response), code (HumanEval-style), "
+                             "or auto (from the data set)", choices=TASKS)
+    epochs: float = _opt(1.0, "training epochs (ignored when --max-steps is given)")
+    max_steps: int | None = _opt(None, "training steps (overrides --epochs)")
+    rank: int = _opt(16, "adapter rank r (dual-lora: r1 + r2 = r)")
+    lora_alpha: float | None = _opt(None, "adapter alpha (default: r, i.e. scale 1)")
+    target_modules: str = _opt("all-linear", "comma-separated module names, or all-linear")
+    r1: int | None = _opt(None, "dual-lora magnitude rank (default r/2)")
+    r2: int | None = _opt(None, "dual-lora direction rank (default r - r1)")
+    dual_warmup_steps: int = _opt(100, "dual-lora warm-up steps of the update factor")
+    pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
+    preset: str = _opt("auto", "regularizer weights: auto (paper for ba-lora, none otherwise), paper, official, "
+                               "none", choices=("auto", "paper", "official", "none"))
+    consistency_weight: float | None = _opt(None, "override λ1 (0 turns the consistency term off)")
+    diversity_weight: float | None = _opt(None, "override λ2 (0 turns the diversity term off)")
+    svd_weight: float | None = _opt(None, "override λ3 (0 turns the SVD term off)")
+    nlu_target: str = _opt("auto", "matrix of the NLU diversity/SVD terms", choices=("auto", "logits", "pooled"))
+    label_noise: float = _opt(0.0, "symmetric label noise rate injected into the training split (0..1)")
+    imbalance_ratio: float | None = _opt(None, "subsample the training split to this majority:minority ratio")
+    train_size: int | None = _opt(None, "use at most this many training rows (seeded subsample)")
+    eval_size: int | None = _opt(None, "evaluate on at most this many rows")
+    validation_fraction: float = _opt(0.1, "share of the data held out for validation (model selection)")
+    test_fraction: float = _opt(0.1, "share held out for the final test (ignored with --eval-dataset)")
+    text_column: str = _opt("text", "NLU text column")
+    text_pair_column: str | None = _opt(None, "NLU second text column (default: text_pair when present)")
+    label_column: str = _opt("label", "NLU label column")
+    prompt_column: str = _opt("prompt", "NLG instruction column")
+    response_column: str = _opt("response", "NLG response column")
+    max_length: int = _opt(128, "maximum tokens per example")
+    batch_size: int = _opt(16, "per-device training batch size")
+    eval_batch_size: int = _opt(32, "evaluation batch size")
+    gradient_accumulation_steps: int = _opt(1, "gradient accumulation steps")
+    learning_rate: float | None = _opt(None, "learning rate (default 5e-4 for adapters, 3e-5 for full)")
+    warmup_ratio: float = _opt(0.03, "share of steps with a linear learning-rate warm-up")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_new_tokens: int = _opt(256, "generation length for math and code evaluation")
+    generate_size: int | None = _opt(100, "evaluate generation on at most this many prompts")
+    dtype: str = _opt("float32", "model weights dtype", choices=("float32", "bfloat16"))
+    seed: int = _opt(0, "seed of the model init, adapter init and training order")
+    data_seed: int = _opt(0, "seed of the data subsample, splits, noise and imbalance")
+    logging_steps: int = _opt(10, "log the loss and every regularizer term every N steps")
+    save_steps: int = _opt(200, "write a resumable checkpoint every N steps")
+    representation_checkpoints: int = _opt(0, "save validation representations at N evenly spaced steps "
+                                              "(for balora plot tsne)")
+    resume: bool = _opt(False, "continue from the last checkpoint in OUTPUT")
+    overwrite: bool = _opt(False, "replace a finished run in OUTPUT")
+    trust_remote_code: bool = _opt(False, "allow a model directory's own Python code to run")
+
+    def __post_init__(self) -> None:
+        for name in ("model", "dataset", "output"):
+            if not getattr(self, name):
+                raise ConfigError(f"--{name.replace('_', '-')} is required.")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ConfigError(f"--label-noise must be between 0 and 1, got {self.label_noise}.")
+        if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
+            raise ConfigError(f"--imbalance-ratio must be >= 1, got {self.imbalance_ratio}.")
+        if self.rank < 1:
+            raise ConfigError(f"--rank must be >= 1, got {self.rank}.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}.")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ConfigError(f"--epochs must be > 0, got {self.epochs}.")
+        if self.validation_fraction + (0 if self.eval_dataset else self.test_fraction) >= 1:
+            raise ConfigError("--validation-fraction plus --test-fraction must leave data to train on.")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; choose one.")
+        if self.method != "dual-lora" and (self.r1 is not None or self.r2 is not None):
+            raise ConfigError("--r1/--r2 are options of --method dual-lora only.")
+        regularized = any(w for w in (self.consistency_weight, self.diversity_weight, self.svd_weight))
+        if self.preset == "none" and regularized:
+            raise ConfigError("--preset none contradicts a non-zero regularizer weight; drop one of them.")
+
+    @property
+    def default_learning_rate(self) -> float:
+        return self.learning_rate or (3e-5 if self.method == "full" else 5e-4)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}.")
+        return cls(**values)
