@@ -25,3 +25,7 @@ class ModelError(BaloraError):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message names the step and the term."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; ``--resume`` continues it."""

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ..errors import BaloraError, NonFiniteLossError
+from ..errors import BaloraError, NonFiniteLossError, TrainingInterrupted
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, apply_yaml_config
 
 COMMANDS = ("train", "eval", "compare", "bench", "plot")
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"balora: error: {exc}", file=sys.stderr)
         return EXIT_NONFINITE
+    except TrainingInterrupted as exc:
+        print(f"balora: interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("balora: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -63,3 +63,51 @@ class RepresentationCallback(TrainerCallback):
                   metadata={"step": str(step)})
         tmp.replace(path)
         logger.debug("saved representations at step %d to %s", step, path)
+
+
+class GracefulStop(TrainerCallback):
+    """SIGINT/SIGTERM during training: finish the current step, write a checkpoint, stop cleanly.
+
+    A second signal exits at once (exit code 130). Install with :meth:`installed` around ``trainer.train``.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import os
+        import signal
+        import sys
+
+        if self.signal_name is not None:  # the second signal: no more waiting
+            print("balora: second signal, exiting now", file=sys.stderr)
+            os._exit(130)
+        self.signal_name = signal.Signals(signum).name
+        print(f"balora: {self.signal_name} received: writing a checkpoint after this step "
+              "(send it again to exit at once)", file=sys.stderr)
+
+    def installed(self):
+        import contextlib
+        import signal
+        import threading
+
+        @contextlib.contextmanager
+        def context():
+            if threading.current_thread() is not threading.main_thread():
+                yield self
+                return
+            previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            for s in previous:
+                signal.signal(s, self._handle)
+            try:
+                yield self
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+        return context()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal_name is not None:
+            control.should_save = True
+            control.should_training_stop = True

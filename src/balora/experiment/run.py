@@ -20,11 +20,11 @@ import torch
 
 from .. import __version__
 from ..atomic import write_json_atomic, write_yaml_atomic
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingInterrupted
 from ..methods import adapt
 from ..models import load_model
 from ..training import BALoRAConfig, BALoRATrainer
-from .callbacks import RepresentationCallback
+from .callbacks import GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
 from .settings import TrainSettings
@@ -129,7 +129,16 @@ def run_training(settings: TrainSettings) -> dict[str, float]:
     resume_from = _last_checkpoint(out / "checkpoints") if settings.resume else None
     if settings.resume and resume_from is None:
         logger.info("no checkpoint in %s: starting from the beginning", out / "checkpoints")
-    trainer.train(resume_from_checkpoint=resume_from)
+    stopper = GracefulStop()
+    trainer.add_callback(stopper)
+    with stopper.installed():
+        trainer.train(resume_from_checkpoint=resume_from)
+    if stopper.signal_name is not None:
+        write_json_atomic(out / "log_history.json", trainer.state.log_history)
+        raise TrainingInterrupted(
+            f"{stopper.signal_name}: stopped at step {trainer.state.global_step} with a checkpoint in "
+            f"{out / 'checkpoints'}; continue with --resume."
+        )
     write_json_atomic(out / "log_history.json", trainer.state.log_history)
     trainer.model.save_pretrained(out / "adapter")
     metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings, data.num_labels),

@@ -10,12 +10,14 @@ over the steps and the processes, in :meth:`log` (so they reach the progress bar
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 import torch.nn as nn
 from transformers import Trainer
 
+from ..errors import NonFiniteLossError
 from ..methods import method_of
 from ..persistence import BaloraPeftModelMixin, checkpoint_saving
 from ..reference import has_full_reference, snapshot_full_reference
@@ -87,8 +89,12 @@ class BALoRATrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        if not model.training or not self.weight_schedule.any_active:
+        if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self.weight_schedule.any_active:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            self._check_finite(loss, {}, inputs)
+            return (loss, outputs) if return_outputs else loss
         weights = self.weight_schedule.weights_at(self.state.global_step, self.state.max_steps)
         labels = inputs.get("labels")
         reference = None
@@ -101,14 +107,40 @@ class BALoRATrainer(Trainer):
             pooled = pooled_from_head_input(seen[-1], inputs.get("attention_mask"), self._head_pools_last_token)
         else:
             task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        self._check_finite(task_loss, {"task": task_loss}, inputs)  # before the SVD sees NaN logits
         if self.balora_task == "nlg":
             terms = nlg_terms(outputs.logits, labels, reference, weights, self.balora_config)
         else:
             terms = nlu_terms(outputs.logits, reference, pooled, self._nlu_target, weights, self.balora_config)
         regularizer = sum(weights[name] * value for name, value in terms.items())
         loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer
+        self._check_finite(loss, {"task": task_loss, **terms}, inputs)
         self._record(task_loss, terms, weights)
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
+        """Stop before a NaN/inf loss reaches the weights: name the step, the term and the batch.
+
+        The Trainer already checks the loss for NaN/inf every step (``logging_nan_inf_filter``), so this
+        costs no extra device sync. The offending batch is kept in ``<output_dir>/nonfinite_batch.safetensors``
+        and no optimizer step is taken, so the last checkpoint stays the last good one.
+        """
+        if torch.isfinite(loss).all():
+            return
+        bad = [name for name, value in parts.items() if not torch.isfinite(value).all()] or ["task"]
+        path = None
+        if self.args.should_save:
+            from safetensors.torch import save_file
+
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            path = os.path.join(self.args.output_dir, "nonfinite_batch.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in inputs.items() if torch.is_tensor(v)}, path)
+        shape = tuple(inputs["input_ids"].shape) if "input_ids" in inputs else "?"
+        raise NonFiniteLossError(
+            f"the loss became {loss.item()} at step {self.state.global_step} (bad term: {', '.join(bad)}; "
+            f"batch of shape {shape}{', saved to ' + path if path else ''}); stopped before updating the "
+            "weights, the last checkpoint is the last good one. Lower the learning rate or the regularizer weights."
+        )
 
     def _regularizer_scale(self, num_items_in_batch: torch.Tensor | int | None) -> float:
         """Match the task loss's gradient-accumulation scaling.
