@@ -72,7 +72,7 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path):
                              disable_tqdm=True, use_cpu=True, save_strategy="no")
     trainer = balora.BALoRATrainer(model=model, args=args, train_dataset=data)
     with torch.no_grad():
-        next(p for n, p in model.named_parameters() if "lora_B.default" in n).fill_(float("nan"))
+        next(p for n, p in model.named_parameters() if "down_proj.lora_B.default" in n).fill_(float("nan"))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with pytest.raises(NonFiniteLossError, match=r"at step 0 \(bad term: task"):
         trainer.train()
