@@ -28,10 +28,10 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 def apply_yaml_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse ``argv`` with defaults taken from ``--config`` (if any); unknown YAML keys are errors."""
-    first, _ = parser.parse_known_args(argv)
-    config_path = getattr(first, "config", None)
+    config_path, command = _peek(argv)
     if config_path is not None:
         values = read_yaml(config_path)
+        parser = _chosen_subparser(parser, command)
         known = {action.dest: action for action in parser._actions}
         defaults: dict[str, Any] = {}
         for key, value in values.items():
@@ -45,7 +45,30 @@ def apply_yaml_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
         for action in parser._actions:  # required options may come from the YAML file
             if action.dest in defaults:
                 action.required = False
-    return parser.parse_args(argv)
+    return top.parse_args(argv) if (top := getattr(parser, "_balora_top", None)) else parser.parse_args(argv)
+
+
+def _peek(argv: list[str]) -> tuple[Path | None, str | None]:
+    """(--config value, subcommand) read before parsing: required options may live in the YAML file."""
+    config = command = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            config = Path(argv[i + 1])
+        elif arg.startswith("--config="):
+            config = Path(arg.split("=", 1)[1])
+        elif command is None and not arg.startswith("-"):
+            command = arg
+    return config, command
+
+
+def _chosen_subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's own parser (its options are the valid YAML keys), linked back to the top parser."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            sub._balora_top = parser
+            return sub
+    return parser
 
 
 def _coerce(action: argparse.Action, value: Any, key: str) -> Any:

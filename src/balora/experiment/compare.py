@@ -12,8 +12,6 @@ import io
 import itertools
 import json
 import logging
-import math
-import statistics
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -109,26 +107,20 @@ def collect_results(output: Path, cells: list[Cell]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(rows: list[dict[str, Any]], metric: str, by: list[str]) -> list[dict[str, Any]]:
-    """Mean, sample std and count of ``metric`` per group of ``by`` columns (std 0 for one seed)."""
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        value = row.get(metric)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        groups.setdefault(tuple(row.get(k) for k in by), []).append(float(value))
-    summary = []
-    for key, values in groups.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        summary.append({**dict(zip(by, key, strict=True)), "mean": statistics.fmean(values), "std": std,
-                        "n": len(values)})
-    return summary
+def summary_rows(rows: list[dict[str, Any]], metric: str, by: list[str]) -> list[dict[str, Any]]:
+    """Mean, sample std and count of ``metric`` per group of ``by`` columns (see :func:`balora.plots.summarize`)."""
+    from ..plots import summarize
+
+    if not rows or not any(metric in row for row in rows):
+        return []
+    groups = summarize(rows, metric, by=by)
+    return [{**dict(zip(by, key, strict=True)), "mean": s.mean, "std": s.std, "n": s.n} for key, s in groups.items()]
 
 
 def write_results(output: Path, rows: list[dict[str, Any]], metric: str, grid_keys: list[str]) -> None:
     write_json_atomic(output / "results.json", rows)
     write_text_atomic(output / "results.csv", _csv(rows))
-    summary = summarize(rows, metric, ["method", *grid_keys])
+    summary = summary_rows(rows, metric, ["method", *grid_keys])
     write_text_atomic(output / "summary.csv", _csv([{**s, "metric": metric} for s in summary]))
 
 
@@ -145,7 +137,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def format_table(rows: list[dict[str, Any]], metric: str, grid_keys: list[str]) -> str:
     """Plain-text table: one line per method and setting, ``mean ± std (n seeds)``."""
-    summary = summarize(rows, metric, ["method", *grid_keys])
+    summary = summary_rows(rows, metric, ["method", *grid_keys])
     header = ["method", *grid_keys, metric]
     lines = [[str(s[k]) for k in ("method", *grid_keys)] + [f"{s['mean']:.4f} ± {s['std']:.4f} (n={s['n']})"]
              for s in summary]

@@ -1,0 +1,143 @@
+"""The command line end to end on a tiny local model: train -> eval -> compare -> plot, files checked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import yaml
+
+from balora.cli.main import main
+from balora.models import tiny_model
+
+WORDS = {0: ["awful", "bad", "sad", "terrible"], 1: ["good", "great", "happy", "lovely"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tinybert")
+    model, tokenizer = tiny_model("bert", "classification", num_labels=2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    rng = random.Random(0)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(120):
+            label = i % 2
+            writer.writerow([" ".join(rng.choice(WORDS[label]) for _ in range(4)), ["neg", "pos"][label]])
+    return path
+
+
+def _train_args(tiny_dir, data_file, out, method="ba-lora", *extra):
+    return ["train", "--model", str(tiny_dir), "--dataset", str(data_file), "--method", method, "--output", str(out),
+            "--max-steps", "6", "--batch-size", "8", "--rank", "4", "--logging-steps", "2", "--max-length", "16",
+            "--learning-rate", "5e-3", *extra]
+
+
+def test_train_writes_metrics_config_adapter_and_logs(tiny_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(_train_args(tiny_dir, data_file, out, "ba-lora", "--label-noise", "0.25",
+                            "--representation-checkpoints", "2"))
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and "val_accuracy" in metrics and "matthews_correlation" in metrics
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["method"] == "ba-lora" and config["label_noise"] == 0.25
+    noisy = json.loads((out / "noise_indices.json").read_text())
+    assert len(noisy) == round(0.25 * 96)  # 120 rows - 10% validation - 10% test
+    history = json.loads((out / "log_history.json").read_text())
+    assert any("reg/consistency" in h for h in history)
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "representations").iterdir()) == ["step_000000.safetensors",
+                                                                         "step_000006.safetensors"]
+    assert "balora train: ba-lora" in capsys.readouterr().out
+
+    # eval of the saved adapter reproduces the run's test accuracy on the same rows is not guaranteed
+    # (different split); it must run on the whole file and report the metrics
+    code = main(["eval", "--model", str(tiny_dir), "--adapter", str(out / "adapter"), "--dataset", str(data_file),
+                 "--max-length", "16", "--output", str(tmp_path / "eval.json")])
+    assert code == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= evaluated["accuracy"] <= 1.0
+
+    # a finished run is not overwritten by accident
+    assert main(_train_args(tiny_dir, data_file, out)) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_compare_grid_then_rerun_skips_finished_cells(tiny_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    config = tmp_path / "cmp.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_dir), "dataset": str(data_file), "output": str(out), "methods": ["lora", "ba-lora"],
+        "seeds": [0, 1], "grid": {"label_noise": [0.0, 0.2]}, "max_steps": 3, "batch_size": 8, "rank": 4,
+        "max_length": 16, "logging_steps": 1,
+    }))
+    assert main(["compare", "--config", str(config)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 8 and {r["method"] for r in rows} == {"lora", "ba-lora"}
+    assert {r["label_noise"] for r in rows} == {0.0, 0.2}
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(summary) == 4 and all(s["n"] == "2" for s in summary)
+    first = capsys.readouterr().out
+    assert "±" in first
+    mtime = (out / "cells" / "lora-label_noise0.0-seed0" / "metrics.json").stat().st_mtime
+    assert main(["compare", "--config", str(config)]) == 0
+    assert (out / "cells" / "lora-label_noise0.0-seed0" / "metrics.json").stat().st_mtime == mtime
+
+    assert main(["plot", "bars", str(out)]) == 0
+    assert (out / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", "noise", str(out)]) == 0
+    assert (out / "noise.png").is_file()
+
+
+def test_plot_curves_and_tsne_of_a_run(tiny_dir, data_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_dir, data_file, out, "ba-lora", "--representation-checkpoints", "3")) == 0
+    assert main(["plot", "curves", str(out)]) == 0
+    assert main(["plot", "tsne", str(out)]) == 0
+    for name in ("curves.png", "tsne.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--model", "nope-model", "--dataset", "tweets", "--output", "x"], "nope-model"),
+        (["train", "--model", "minilm", "--dataset", "no-such-data", "--output", "x"], "no-such-data"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--label-noise", "1.5"],
+         "--label-noise must be between 0 and 1"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--resume", "--overwrite"],
+         "contradict"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_yaml_key_is_rejected(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: minilm\ndataset: tweets\noutput: x\nlearning_rat: 0.1\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "config key 'learning_rat'" in capsys.readouterr().err
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "compare", "bench", "plot"):
+        assert command in out
