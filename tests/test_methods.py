@@ -120,7 +120,7 @@ def test_dual_lora_has_lora_parameter_count():
     )
 
 
-def test_bf16_adapters_run(model_kind):
+def test_bf16_adapters_run():
     make, make_batch = MODEL_KINDS["llama"]
     for method in ADAPTER_METHODS:
         model = balora.adapt(make(dtype=torch.bfloat16), method=method, r=4)

@@ -107,22 +107,25 @@ class BALoRATrainer(Trainer):
             pooled = pooled_from_head_input(seen[-1], inputs.get("attention_mask"), self._head_pools_last_token)
         else:
             task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        self._check_finite(task_loss, {"task": task_loss}, inputs)  # before the SVD sees NaN logits
-        if self.balora_task == "nlg":
-            terms = nlg_terms(outputs.logits, labels, reference, weights, self.balora_config)
-        else:
-            terms = nlu_terms(outputs.logits, reference, pooled, self._nlu_target, weights, self.balora_config)
+        try:
+            if self.balora_task == "nlg":
+                terms = nlg_terms(outputs.logits, labels, reference, weights, self.balora_config)
+            else:
+                terms = nlu_terms(outputs.logits, reference, pooled, self._nlu_target, weights, self.balora_config)
+        except torch.linalg.LinAlgError:  # the SVD of NaN/inf logits: report the task loss that went bad
+            self._check_finite(task_loss, {"task": task_loss}, inputs)
+            raise
         regularizer = sum(weights[name] * value for name, value in terms.items())
         loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer
         self._check_finite(loss, {"task": task_loss, **terms}, inputs)
-        self._record(task_loss, terms, weights)
+        self._record(terms, weights)
         return (loss, outputs) if return_outputs else loss
 
     def _check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
         """Stop before a NaN/inf loss reaches the weights: name the step, the term and the batch.
 
-        The Trainer already checks the loss for NaN/inf every step (``logging_nan_inf_filter``), so this
-        costs no extra device sync. The offending batch is kept in ``<output_dir>/nonfinite_batch.safetensors``
+        One host-device sync per step, like the Trainer's own NaN/inf filter on the logged loss. The
+        offending batch is kept in ``<output_dir>/nonfinite_batch.safetensors``
         and no optimizer step is taken, so the last checkpoint stays the last good one.
         """
         if torch.isfinite(loss).all():
@@ -170,7 +173,7 @@ class BALoRATrainer(Trainer):
 
     # ------------------------------------------------------------------ logging
 
-    def _record(self, task_loss: torch.Tensor, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+    def _record(self, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
         log = self._term_log
         for name in TERMS:
             if name not in terms:
