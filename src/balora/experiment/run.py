@@ -103,7 +103,7 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
         disable_tqdm=False,
     )
     config = BALoRAConfig(
-        preset=settings.preset, consistency_weight=settings.consistency_weight,
+        preset=settings.preset, auto_preset=settings.auto_preset, consistency_weight=settings.consistency_weight,
         diversity_weight=settings.diversity_weight, svd_weight=settings.svd_weight, nlu_target=settings.nlu_target,
     )
     callbacks = []

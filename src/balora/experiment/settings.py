@@ -44,6 +44,8 @@ class TrainSettings:
     pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
     preset: str = _opt("auto", "regularizer weights: auto (paper for ba-lora, none otherwise), paper, official, "
                                "none", choices=("auto", "paper", "official", "none"))
+    auto_preset: str = _opt("paper", "the preset that --preset auto gives ba-lora (other methods get none)",
+                            choices=("paper", "official"))
     consistency_weight: float | None = _opt(None, "override λ1 (0 turns the consistency term off)")
     diversity_weight: float | None = _opt(None, "override λ2 (0 turns the diversity term off)")
     svd_weight: float | None = _opt(None, "override λ3 (0 turns the SVD term off)")

@@ -17,6 +17,9 @@ class BALoRAConfig:
         metadata={"help": "Regularizer weights: 'paper', 'official', 'none', or 'auto' (paper for ba-lora, "
                           "none for every other method)."},
     )
+    auto_preset: str = field(
+        default="paper", metadata={"help": "The preset that 'auto' gives ba-lora: 'paper' or 'official'."}
+    )
     consistency_weight: float | None = field(default=None, metadata={"help": "Override λ1 (0 turns L_CR off)."})
     diversity_weight: float | None = field(default=None, metadata={"help": "Override λ2 (0 turns L_DR off)."})
     svd_weight: float | None = field(default=None, metadata={"help": "Override λ3 (0 turns L_SVDR off)."})
@@ -37,6 +40,8 @@ class BALoRAConfig:
     def __post_init__(self) -> None:
         if self.preset not in (*PRESETS, "auto"):
             raise ConfigError(f"unknown regularizer preset {self.preset!r}; choose one of: auto, {', '.join(PRESETS)}.")
+        if self.auto_preset not in PRESETS:
+            raise ConfigError(f"unknown auto_preset {self.auto_preset!r}; choose one of: {', '.join(PRESETS)}.")
         if self.nlu_target not in ("auto", "logits", "pooled"):
             raise ConfigError(f"nlu_target must be auto, logits or pooled, got {self.nlu_target!r}.")
         if self.svd_method not in ("auto", "exact", "randomized"):
@@ -52,7 +57,7 @@ class BALoRAConfig:
     def schedule(self, method: str, task: str) -> WeightSchedule:
         preset = self.preset
         if preset == "auto":
-            preset = "paper" if method == "ba-lora" else "none"
+            preset = self.auto_preset if method == "ba-lora" else "none"
         overrides = {
             "consistency": self.consistency_weight,
             "diversity": self.diversity_weight,
