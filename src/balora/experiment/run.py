@@ -22,7 +22,7 @@ from .. import __version__
 from ..atomic import write_json_atomic, write_yaml_atomic
 from ..errors import ConfigError, TrainingInterrupted
 from ..methods import adapt
-from ..models import load_model
+from ..models import load_model, resolve_model_dir
 from ..training import BALoRAConfig, BALoRATrainer
 from .callbacks import GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
@@ -118,9 +118,25 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
     return trainer, tokenizer
 
 
+def save_adapter_atomic(model: Any, folder: Path) -> None:
+    """Write the adapter into a temporary sibling folder, then swap it in: never a half-written adapter."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+
+
 def run_training(settings: TrainSettings) -> dict[str, float]:
     """Train, save and evaluate one run; returns the metrics also written to ``metrics.json``."""
     started = time.perf_counter()
+    resolve_model_dir(settings.model)  # fail fast on a missing or partial model, before any data work
     out = _prepare_output(settings)
     write_yaml_atomic(out / "config.yaml", settings.to_dict())
     data = load_experiment_data(settings)
@@ -140,7 +156,7 @@ def run_training(settings: TrainSettings) -> dict[str, float]:
             f"{out / 'checkpoints'}; continue with --resume."
         )
     write_json_atomic(out / "log_history.json", trainer.state.log_history)
-    trainer.model.save_pretrained(out / "adapter")
+    save_adapter_atomic(trainer.model, out / "adapter")
     metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings, data.num_labels),
                        "val_")
     metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels))
