@@ -100,3 +100,12 @@ def test_unknown_method_is_an_argparse_error(tmp_path, capsys):
         main(["train", "--model", "m", "--dataset", "d", "--output", "o", "--method", "qlora"])
     assert info.value.code == 2
     assert "invalid choice: 'qlora'" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_is_refused(tiny_dir, tmp_path, capsys):
+    from balora.atomic import FolderLock
+
+    data = _csv(tmp_path / "d.csv", [["a", 0], ["b", 1]] * 10)
+    with FolderLock(tmp_path / "busy", "a test"):
+        _check(capsys, _train(tiny_dir, data, tmp_path / "busy"), "is in use by a test (pid")
+    assert _train(tiny_dir, data, tmp_path / "busy") == 0  # released

@@ -42,3 +42,46 @@ def write_yaml_atomic(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     import yaml
 
     return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+LOCK_NAME = ".balora.lock"
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, so two runs never write the same files at once.
+
+    ``fcntl.flock`` on ``<folder>/.balora.lock``: the operating system releases it when the process
+    ends, however it ends, so a crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "balora") -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.what = what
+        self._handle: Any = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+
+        from .errors import ConfigError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise ConfigError(f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it "
+                              "before starting another run there.") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"{self.what} (pid {os.getpid()})")
+        self._handle.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_json_atomic, write_text_atomic
-from ..errors import BaloraError, ConfigError
+from ..atomic import LOCK_NAME, FolderLock, write_json_atomic, write_text_atomic
+from ..errors import BaloraError, ConfigError, TrainingInterrupted
 from .run import METRICS_FILE, run_training
 from .settings import TrainSettings
 
@@ -71,28 +71,33 @@ def run_grid(base: TrainSettings, methods: list[str], seeds: list[int], grid: di
              output: Path, metric: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every unfinished cell; returns (result rows, failed cell names)."""
     cells = make_cells(methods, seeds, grid)
-    output.mkdir(parents=True, exist_ok=True)
+    with FolderLock(output, "balora compare"):
+        failed = _run_cells(base, cells, output)
+    rows = collect_results(output, cells)
+    write_results(output, rows, metric, list(grid))
+    return rows, failed
+
+
+def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str]:
     failed: list[str] = []
     for index, cell in enumerate(cells, 1):
         folder = output / "cells" / cell.name
         if (folder / METRICS_FILE).is_file():
             logger.info("[%d/%d] %s: finished before, skipped", index, len(cells), cell.name)
             continue
-        resume = folder.exists() and any(folder.iterdir())
+        resume = folder.exists() and any(p.name != LOCK_NAME for p in folder.iterdir())
         logger.info("[%d/%d] %s%s", index, len(cells), cell.name, " (resuming)" if resume else "")
         settings = replace(base, method=cell.method, seed=cell.seed, output=str(folder), resume=resume,
                            overwrite=False, **cell.setting)
         try:
             run_training(settings)
-        except (BaloraError, KeyboardInterrupt):
-            raise
+        except (BaloraError, KeyboardInterrupt, TrainingInterrupted):
+            raise  # bad settings affect every cell; an interruption stops the grid (re-run resumes it)
         except Exception as exc:  # keep the other cells going; the failure is reported at the end
             failed.append(cell.name)
             logger.error("%s failed: %s: %s", cell.name, type(exc).__name__, exc)
             logger.debug(traceback.format_exc())
-    rows = collect_results(output, cells)
-    write_results(output, rows, metric, list(grid))
-    return rows, failed
+    return failed
 
 
 def collect_results(output: Path, cells: list[Cell]) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..atomic import write_json_atomic, write_yaml_atomic
+from ..atomic import LOCK_NAME, FolderLock, write_json_atomic, write_yaml_atomic
 from ..errors import ConfigError, TrainingInterrupted
 from ..methods import adapt
 from ..models import load_model, resolve_model_dir
@@ -44,9 +44,11 @@ def _prepare_output(settings: TrainSettings) -> Path:
     if finished and not settings.overwrite:
         raise ConfigError(f"{out} already holds a finished run ({METRICS_FILE}); use --overwrite to replace it "
                           "or choose another --output.")
-    if settings.overwrite and out.exists():
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not settings.resume:
+    contents = [p for p in out.iterdir() if p.name != LOCK_NAME] if out.exists() else []
+    if settings.overwrite:
+        for path in contents:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif contents and not settings.resume:
         raise ConfigError(f"{out} holds an unfinished run; use --resume to continue it or --overwrite to restart.")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -135,8 +137,14 @@ def save_adapter_atomic(model: Any, folder: Path) -> None:
 
 def run_training(settings: TrainSettings) -> dict[str, float]:
     """Train, save and evaluate one run; returns the metrics also written to ``metrics.json``."""
-    started = time.perf_counter()
     resolve_model_dir(settings.model)  # fail fast on a missing or partial model, before any data work
+    Path(settings.output).mkdir(parents=True, exist_ok=True)
+    with FolderLock(settings.output, "balora train"):
+        return _run_training(settings)
+
+
+def _run_training(settings: TrainSettings) -> dict[str, float]:
+    started = time.perf_counter()
     out = _prepare_output(settings)
     write_yaml_atomic(out / "config.yaml", settings.to_dict())
     data = load_experiment_data(settings)
