@@ -56,6 +56,23 @@ def test_resume_gives_the_same_adapter_bit_for_bit(method, tmp_path):
     assert logged[-1]["step"] == 6
 
 
+def test_resume_restores_the_checkpoints_pissa_residual(tmp_path, monkeypatch):
+    """Resume with an SVD that came out differently (another seed): W_res and (B0, A0) come from the
+    checkpoint, so the run continues as if the SVD had been identical."""
+    full, _ = _run("ba-lora", tmp_path / "full")
+    _run("ba-lora", tmp_path / "half", stop_at=3)
+    original_adapt = balora.adapt
+
+    def adapt_with_other_svd(model, method, **kw):
+        torch.manual_seed(123)  # the randomized SVD draws other sketches
+        return original_adapt(model, method, **kw)
+
+    monkeypatch.setattr(balora, "adapt", adapt_with_other_svd)
+    resumed, _ = _run("ba-lora", tmp_path / "half", resume=True)
+    worst = max((full[n] - resumed[n]).abs().max().item() for n in full)
+    assert worst < 1e-5, worst
+
+
 def test_pissa_checkpoint_keeps_raw_adapter_and_initial_adapter(tmp_path):
     _run("ba-lora", tmp_path, stop_at=3)
     checkpoint = tmp_path / "checkpoint-3"

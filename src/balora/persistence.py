@@ -111,6 +111,34 @@ def checkpoint_saving(model: nn.Module) -> Iterator[None]:
         model._balora_checkpointing = False
 
 
+@contextlib.contextmanager
+def keeping_pissa_residual(peft_model: PeftModel) -> Iterator[None]:
+    """Inside the block the initial adapter (B0, A0) may be replaced (e.g. loaded from a checkpoint);
+    on exit each base weight is shifted by s·B0'·A0' - s·B0·A0, so that W_res + s·B0·A0 is unchanged.
+
+    A resumed PiSSA/BA-LoRA run re-runs the SVD, which need not give bit-identical factors on every
+    device; with the checkpoint's (B0, A0) loaded in this block, W_res becomes the checkpoint's too, and
+    the reference and the trained model continue exactly. Keeps only adapter-sized copies.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import transpose
+
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and INITIAL_ADAPTER in m.lora_A]
+    before = [(m.lora_A[INITIAL_ADAPTER].weight.detach().clone(), m.lora_B[INITIAL_ADAPTER].weight.detach().clone())
+              for m in layers]
+    yield
+    with torch.no_grad():
+        for module, (a_old, b_old) in zip(layers, before, strict=True):
+            if torch.equal(a_old, module.lora_A[INITIAL_ADAPTER].weight) and \
+                    torch.equal(b_old, module.lora_B[INITIAL_ADAPTER].weight):
+                continue
+            old = transpose(b_old.float() @ a_old.float(), module.fan_in_fan_out) * module.scaling[INITIAL_ADAPTER]
+            new = module.get_delta_weight(INITIAL_ADAPTER).float()
+            weight = module.get_base_layer().weight
+            weight += (old - new).to(weight.dtype)
+
+
 _CLASS_CACHE: dict[type, type] = {}
 
 

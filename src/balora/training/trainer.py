@@ -18,8 +18,8 @@ import torch.nn as nn
 from transformers import Trainer
 
 from ..errors import NonFiniteLossError
-from ..methods import method_of
-from ..persistence import BaloraPeftModelMixin, checkpoint_saving
+from ..methods import PISSA_METHODS, method_of
+from ..persistence import BaloraPeftModelMixin, checkpoint_saving, keeping_pissa_residual
 from ..reference import has_full_reference, snapshot_full_reference
 from .callbacks import DualLoraWarmupCallback
 from .config import BALoRAConfig
@@ -170,6 +170,16 @@ class BALoRATrainer(Trainer):
             with checkpoint_saving(inner):
                 return super()._save_checkpoint(model, trial)
         return super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """The Trainer loads every saved adapter, PiSSA's initial one included; the residual W_res
+        follows the loaded initial adapter, so a re-run SVD that came out differently changes nothing."""
+        inner = self.accelerator.unwrap_model(model or self.model)
+        if self.balora_method not in PISSA_METHODS:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        with keeping_pissa_residual(inner):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        return None
 
     # ------------------------------------------------------------------ logging
 
