@@ -46,7 +46,7 @@ __all__ = [
 
 IGNORE_INDEX = -100
 #: Element budget of one chunk (2**26 float32 = 256 MiB per temporary); 523 rows at V = 128,256.
-CHUNK_ELEMENTS = 2**26
+CHUNK_ELEMENTS = 2**24
 #: ``method="auto"`` uses the exact SVD while min(M, V) <= this, the randomized one above it. Measured on
 #: one CPU thread (V = 49,152): exact 115 ms vs randomized 294 ms at M = 256, 564 vs 602 ms at M = 744; on a
 #: GPU the M x M float64 eigh grows costly (SPEC 6: 96.5 ms at M = 2,048), so 512 is a conservative switch.

@@ -55,7 +55,7 @@ class BALoRATrainer(Trainer):
         self.balora_task = task_of(self.model) if self.balora_config.task == "auto" else self.balora_config.task
         self.weight_schedule = self.balora_config.schedule(self.balora_method, self.balora_task)
         self.balora_info: dict[str, Any] = {"method": self.balora_method, "task": self.balora_task}
-        self._term_log: dict[str, list[torch.Tensor]] = {}
+        self._term_log: dict[str, tuple[torch.Tensor, int]] = {}
         self._head: nn.Module | None = None
         self._head_pools_last_token = False
         self._nlu_target: str | None = None
@@ -158,7 +158,8 @@ class BALoRATrainer(Trainer):
             scaled_by_trainer = (
                 self.model_accepts_loss_kwargs and num_items_in_batch is not None
             ) or self.compute_loss_func is not None
-        return 1.0 / self.current_gradient_accumulation_steps if scaled_by_trainer else 1.0
+        steps = getattr(self, "current_gradient_accumulation_steps", 1)  # set by Trainer.train()
+        return 1.0 / steps if scaled_by_trainer else 1.0
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -184,19 +185,20 @@ class BALoRATrainer(Trainer):
     # ------------------------------------------------------------------ logging
 
     def _record(self, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
-        log = self._term_log
+        """Running sums per key (bounded memory, no host sync); :meth:`log` turns them into means."""
         for name in TERMS:
             if name not in terms:
                 continue
             value = terms[name].detach().float()
-            log.setdefault(f"reg/{name}", []).append(value)
-            log.setdefault(f"reg/{name}_weighted", []).append(value * weights[name])
-            log.setdefault(f"reg/lambda_{name}", []).append(torch.tensor(weights[name], device=value.device))
+            for key, amount in ((f"reg/{name}", value), (f"reg/{name}_weighted", value * weights[name]),
+                                (f"reg/lambda_{name}", torch.full_like(value, weights[name]))):
+                total, count = self._term_log.get(key, (0.0, 0))
+                self._term_log[key] = (total + amount, count + 1)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._term_log and "loss" in logs:  # training logs only, not evaluation
-            for key, values in self._term_log.items():
-                mean = torch.stack(values).mean()
+            for key, (total, count) in self._term_log.items():
+                mean = total / count
                 if self.accelerator.num_processes > 1:
                     mean = self.accelerator.reduce(mean, reduction="mean")
                 logs[key] = round(mean.item(), 8)

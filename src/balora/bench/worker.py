@@ -1,0 +1,257 @@
+"""One measurement: a method's real training step, its peak memory and its adapter initialisation time.
+
+The step is exactly the Trainer's: :meth:`BALoRATrainer.training_step` (so ``compute_loss`` with the
+reference forward and the three regularizers for ``ba-lora``, the ``paper`` preset; no regularizer for
+the other methods), gradient clipping, ``optimizer.step()``, the scheduler step and ``zero_grad()``, plus
+the Dual LoRA warm-up update the Trainer's callback does. ``ba-lora`` and ``lora`` therefore differ only
+by the regularizers and the PiSSA initialisation. ``python -m balora.bench --worker`` runs one spec in a
+fresh process (see :mod:`balora.bench.memory` for why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..methods import DEFAULT_PISSA_NITER, METHODS
+from .memory import MemoryMeter
+from .shapes import build_model, make_batch, model_config
+
+NAIVE_DUAL = "dual-lora-naive"
+BENCH_METHODS: tuple[str, ...] = (*METHODS, NAIVE_DUAL)
+
+
+@dataclass
+class BenchSpec:
+    """Everything one worker needs; plain values so it travels as JSON. ``task``: "step" or "svd-init"."""
+
+    model: str
+    method: str
+    batch_size: int
+    seq_len: int
+    scored_fraction: float
+    rank: int
+    dtype: str
+    device: str
+    steps: int
+    warmup: int
+    breakdown: bool = False
+    fresh_process: bool = True
+    seed: int = 0
+    task: str = "step"
+    svd_niter: int = DEFAULT_PISSA_NITER
+    threads: int | None = None
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str) -> float:
+    """Seconds one call of ``fn`` takes, the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median_ms(fn: Callable[[], Any], device: str, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        timed(fn, device)
+    return round(1000 * statistics.median(timed(fn, device) for _ in range(reps)), 3)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@contextlib.contextmanager
+def naive_dual_lora() -> Iterator[None]:
+    """Inside the block Dual LoRA layers train through the direct autograd formula
+    ``x @ delta_weight(A, B, C, D, s).T``, which keeps the dense (d_out, d_in) ReLU/Sign intermediates
+    for backward: the baseline the recomputing :func:`~balora.dual_lora.functional.dual_lora_forward`
+    is measured against. Patches the module attribute the layer calls; restored on exit."""
+    from ..dual_lora import functional
+
+    original = functional.dual_lora_forward
+
+    def direct(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        delta = functional.delta_weight(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), float(scale))
+        return F.linear(x.to(dtype), delta)
+
+    functional.dual_lora_forward = direct
+    try:
+        yield
+    finally:
+        functional.dual_lora_forward = original
+
+
+def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Module:
+    """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model)."""
+    from .. import adapt
+
+    if method == "full":
+        return adapt(model, method="full")
+    return adapt(model, method="dual-lora" if method == NAIVE_DUAL else method, r=rank, **options)
+
+
+def build_trainer(model: nn.Module, spec: BenchSpec, output_dir: str) -> Any:
+    """A :class:`BALoRATrainer` with optimizer and scheduler, as ``Trainer.train`` would set it up."""
+    from transformers import TrainingArguments
+
+    from ..training import BALoRAConfig, BALoRATrainer
+
+    total = spec.warmup + spec.steps
+    args = TrainingArguments(
+        output_dir=output_dir, use_cpu=spec.device == "cpu", report_to=[], per_device_train_batch_size=spec.batch_size,
+        max_steps=total, learning_rate=1e-4, save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        seed=spec.seed,
+    )
+    preset = "paper" if spec.method == "ba-lora" else "none"
+    trainer = BALoRATrainer(model=model, args=args, balora_config=BALoRAConfig(preset=preset))
+    trainer.create_optimizer_and_scheduler(num_training_steps=total)
+    trainer.state.max_steps = total
+    trainer.current_gradient_accumulation_steps = 1  # what Trainer.train sets per step (no accumulation)
+    return trainer
+
+
+def train_step(trainer: Any, model: nn.Module, inputs: dict[str, torch.Tensor], num_items: Any) -> torch.Tensor:
+    """One optimizer step of ``Trainer.train``'s inner loop (no gradient accumulation)."""
+    from ..methods import set_training_step
+
+    set_training_step(model, trainer.state.global_step)  # what DualLoraWarmupCallback does
+    loss = trainer.training_step(model, inputs, num_items)
+    if trainer.args.max_grad_norm > 0:
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    model.zero_grad()
+    trainer.state.global_step += 1
+    return loss
+
+
+def _num_items(trainer: Any, inputs: dict[str, torch.Tensor]) -> Any:
+    """The Trainer's own count of scored tokens (it normalises the loss by it)."""
+    count = getattr(trainer, "_get_num_items_in_batch", None)
+    return count([inputs], inputs["labels"].device) if count else None
+
+
+def measure_method(spec: BenchSpec) -> dict[str, Any]:
+    """Build, adapt and train ``spec.method`` for warm-up + timed steps; one result row."""
+    from ..training import BALoRATrainer  # noqa: F401  (the Trainer stack's imports are not the method's memory)
+
+    device = spec.device
+    config = model_config(spec.model)
+    meter = MemoryMeter(device, spec.fresh_process)
+    meter.start()
+    model = build_model(config, spec.dtype, device, spec.seed)
+    synchronize(device)
+    start = time.perf_counter()
+    model = adapt_for(model, spec.method, spec.rank)
+    synchronize(device)
+    init_s = time.perf_counter() - start
+    batch = make_batch(config.vocab_size, spec.batch_size, spec.seq_len, spec.scored_fraction, spec.seed + 1)
+    naive = naive_dual_lora() if spec.method == NAIVE_DUAL else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="balora-bench-") as output_dir, naive:
+        trainer = build_trainer(model, spec, output_dir)
+        inputs = trainer._prepare_inputs(batch)
+        num_items = _num_items(trainer, inputs)
+        times = []
+        loss = torch.tensor(float("nan"))
+        for i in range(spec.warmup + spec.steps):
+            if i == spec.warmup:
+                meter.steady()
+            step_start = time.perf_counter()
+            loss = train_step(trainer, model, inputs, num_items)
+            synchronize(device)
+            if i >= spec.warmup:
+                times.append(time.perf_counter() - step_start)
+        memory = meter.report(functools.partial(train_step, trainer, model, inputs, num_items))  # before breakdown
+        step_s = statistics.median(times)
+        tokens = spec.batch_size * spec.seq_len
+        scored = int((batch["labels"][:, 1:] != -100).sum())
+        row: dict[str, Any] = {
+            "method": spec.method,
+            "step_ms": round(1000 * step_s, 3),
+            "step_ms_min": round(1000 * min(times), 3),
+            "step_ms_max": round(1000 * max(times), 3),
+            **memory,
+            "tokens_per_s": round(tokens / step_s, 1),
+            "scored_tokens_per_s": round(scored / step_s, 1),
+            "init_s": round(init_s, 6),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "final_loss": float(loss.float()),
+            "model": spec.model,
+            "device": device,
+            "device_name": device_name(device),
+            "dtype": spec.dtype,
+            "batch_size": spec.batch_size,
+            "seq_len": spec.seq_len,
+            "scored_tokens": scored,
+            "rank": spec.rank,
+            "steps": spec.steps,
+            "warmup": spec.warmup,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "fresh_process": spec.fresh_process,
+            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        }
+        if spec.breakdown and spec.method == "ba-lora":
+            from .breakdown import balora_breakdown
+
+            row["breakdown"] = balora_breakdown(trainer, model, inputs, device, max(3, spec.steps))
+        del trainer
+    if not math.isfinite(row["final_loss"]):
+        raise FloatingPointError(f"{spec.method}: the training loss became {row['final_loss']}")
+    return row
+
+
+def measure_svd_init(spec: BenchSpec) -> dict[str, Any]:
+    """adapt() time of PiSSA with the exact SVD and with the randomized ``pissa_niter_K`` (K = svd_niter)."""
+    config = model_config(spec.model)
+    out: dict[str, Any] = {"niter": spec.svd_niter}
+    for key, niter in (("exact_s", None), ("randomized_s", spec.svd_niter)):
+        model = build_model(config, spec.dtype, spec.device, spec.seed)
+        out[key] = round(timed(lambda m=model, n=niter: adapt_for(m, "pissa", spec.rank, pissa_niter=n),
+                               spec.device), 4)
+        del model
+    return out
+
+
+def run_spec(spec: BenchSpec) -> dict[str, Any]:
+    """One measurement (a method's step, or PiSSA's init times) with the spec's thread count."""
+    threads = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        return measure_svd_init(spec) if spec.task == "svd-init" else measure_method(spec)
+    finally:
+        torch.set_num_threads(threads)

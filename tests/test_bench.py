@@ -1,0 +1,160 @@
+"""``balora bench`` (library and CLI) and the Dual LoRA layer's memory-efficient training path."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_llama
+
+import balora
+from balora.bench import BENCH_METHODS, NAIVE_DUAL, REQUIRED_KEYS, format_report, naive_dual_lora, run_benchmark
+from balora.dual_lora import DualLoraLinear
+from balora.dual_lora.functional import delta_weight
+from balora.errors import ConfigError
+from balora.methods import METHODS
+
+FAST = {"device": "cpu", "steps": 2, "warmup": 1}
+
+
+def _check_row(row: dict) -> None:
+    assert "error" not in row, row.get("error")
+    for key in REQUIRED_KEYS:
+        assert key in row, key
+    for key in ("step_ms", "peak_mib", "tokens_per_s", "init_s", "time_ratio_vs_lora", "memory_ratio_vs_lora"):
+        value = row[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (row["method"], key, value)
+    assert math.isfinite(row["final_loss"])
+
+
+def test_run_benchmark_gives_a_complete_row_per_method():
+    rows = run_benchmark("micro", dual_naive=True, breakdown=True, svd_init=True, isolate=False, **FAST)
+    assert [r["method"] for r in rows] == [*METHODS, NAIVE_DUAL]
+    for row in rows:
+        _check_row(row)
+    by = {r["method"]: r for r in rows}
+    assert by["lora"]["time_ratio_vs_lora"] == 1.0 and by["lora"]["memory_ratio_vs_lora"] == 1.0
+    assert by["full"]["trainable_params"] > by["lora"]["trainable_params"]
+    parts = by["ba-lora"]["breakdown"]
+    for key in ("reference_forward_ms", "consistency_ms", "diversity_ms", "svd_ms", "regularizers_ms"):
+        assert parts[key] > 0 and math.isfinite(parts[key]), key
+    assert parts["scored_rows"] == 2 * 8  # batch 2 x 16, half scored: 8 predicting positions per sequence
+    assert "lora_step_ms" in parts and "unexplained_ms" in parts
+    for method in ("pissa", "ba-lora"):
+        assert by[method]["svd_init"]["exact_s"] > 0 and by[method]["svd_init"]["randomized_s"] > 0
+    report = format_report(rows)
+    assert "BA-LoRA breakdown" in report and "dual-lora vs naive" in report and "PiSSA initialisation" in report
+    json.dumps(rows)  # plain JSON values only
+
+
+def _cli(argv: list[str]) -> int:
+    """``balora ...`` in process: the real entry point when every subcommand module exists, else the same
+    wiring (parser, YAML defaults, run) with only ``bench`` registered."""
+    from balora.cli import main as cli_main
+
+    try:
+        for name in cli_main.COMMANDS:
+            importlib.import_module(f"balora.cli.{name}")
+    except ModuleNotFoundError:
+        from balora.cli import bench
+        from balora.cli.common import apply_yaml_config
+
+        parser = argparse.ArgumentParser(prog="balora")
+        bench.add_parser(parser.add_subparsers(dest="command", required=True))
+        return bench.run(apply_yaml_config(parser, argv))
+    return cli_main.main(argv)
+
+
+def test_cli_prints_json_rows_one_process_per_method(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    code = _cli(["bench", "--model", "micro", "--device", "cpu", "--json", "--methods", "lora", "dual-lora",
+                 "--steps", "2", "--warmup", "1", "--output", str(out)])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["lora", "dual-lora"]
+    for row in rows:
+        _check_row(row)
+        assert row["fresh_process"] and row["memory_kind"].startswith("cpu peak RSS")
+    assert rows[0]["time_ratio_vs_lora"] == 1.0
+    assert json.loads(out.read_text()) == rows
+
+
+def test_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown"):
+        run_benchmark("micro", ["lora", "qlora"], isolate=False, **FAST)
+    with pytest.raises(ConfigError, match="svd-init"):
+        run_benchmark("micro", ["lora"], svd_init=True, isolate=False, **FAST)
+    with pytest.raises(ConfigError, match="scored"):
+        run_benchmark("micro", ["lora"], scored_fraction=0.01, isolate=False, **FAST)
+    assert NAIVE_DUAL in BENCH_METHODS
+
+
+# ---- Dual LoRA at the layer level: recomputing Function == direct formula, and what autograd keeps --------
+
+
+def _dual_layer() -> tuple[torch.nn.Module, DualLoraLinear]:
+    model = balora.adapt(tiny_llama(dtype=torch.float64), method="dual-lora", r=6, r1=2, r2=4, lora_alpha=8,
+                         warmup_steps=4)
+    balora.set_training_step(model, 2)  # warm-up factor 0.5
+    model.train()
+    layer = model.base_model.model.model.layers[0].mlp.up_proj  # d_in 32 -> d_out 64: transposes would show
+    assert isinstance(layer, DualLoraLinear)
+    return model, layer
+
+
+def _outputs_and_grads(layer: DualLoraLinear, x: torch.Tensor, g: torch.Tensor, manual: bool):
+    A, B, C, D = layer.dual_factors("default")
+    if manual:
+        factor = layer.lora_warmup["default"]
+        out = layer.get_base_layer()(x) + x @ (factor * delta_weight(A, B, C, D, layer.scaling["default"])).T
+    else:
+        out = layer(x)
+    grads = torch.autograd.grad((out * g).sum(), [x, A, B, C, D])
+    return out, grads
+
+
+def test_recomputing_dual_lora_equals_direct_formula_at_the_layer():
+    _, layer = _dual_layer()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 32, dtype=torch.float64, generator=gen, requires_grad=True)
+    g = 300 * torch.randn(3, 5, 64, dtype=torch.float64, generator=gen)  # large: the STE clip is active
+    out, grads = _outputs_and_grads(layer, x, g, manual=False)
+    ref_out, ref_grads = _outputs_and_grads(layer, x, g, manual=True)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
+    for name, got, want in zip("xABCD", grads, ref_grads, strict=True):
+        assert got.abs().max() > 0, name
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=f"gradient of {name}")
+    with naive_dual_lora():  # the bench's naive path is the same function
+        naive_out, naive_grads = _outputs_and_grads(layer, x, g, manual=False)
+    torch.testing.assert_close(naive_out, ref_out, rtol=0, atol=1e-10)
+    for got, want in zip(naive_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def _saved_shapes(layer: DualLoraLinear, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Shapes of the tensors autograd keeps for backward in ``layer(x)``, the frozen weight itself left out."""
+    weight_ptr = layer.get_base_layer().weight.data_ptr()
+    shapes: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() != weight_ptr:
+            shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x).sum()
+    return shapes
+
+
+def test_recomputing_dual_lora_saves_no_dense_matrix_but_naive_does():
+    _, layer = _dual_layer()
+    dense = tuple(layer.get_base_layer().weight.shape)  # (d_out, d_in) = (64, 32)
+    x = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)
+    assert dense not in _saved_shapes(layer, x)
+    with naive_dual_lora():
+        assert dense in _saved_shapes(layer, x)
+    assert dense not in _saved_shapes(layer, x)  # the patch is undone
