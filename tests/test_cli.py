@@ -94,6 +94,12 @@ def test_compare_grid_then_rerun_skips_finished_cells(tiny_dir, data_file, tmp_p
     assert main(["compare", "--config", str(config)]) == 0
     assert (out / "cells" / "lora-label_noise0.0-seed0" / "metrics.json").stat().st_mtime == mtime
 
+    # a finished cell is not reused under other settings
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(config.read_text().replace("max_steps: 3", "max_steps: 4"))
+    assert main(["compare", "--config", str(changed)]) == 2
+    assert "was run with other settings (max_steps: 3 -> 4)" in capsys.readouterr().err
+
     assert main(["plot", "bars", str(out)]) == 0
     assert (out / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["plot", "noise", str(out)]) == 0

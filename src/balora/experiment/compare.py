@@ -82,13 +82,15 @@ def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str
     failed: list[str] = []
     for index, cell in enumerate(cells, 1):
         folder = output / "cells" / cell.name
+        settings = replace(base, method=cell.method, seed=cell.seed, output=str(folder), resume=False,
+                           overwrite=False, **cell.setting)
         if (folder / METRICS_FILE).is_file():
+            _check_same_settings(folder, settings)
             logger.info("[%d/%d] %s: finished before, skipped", index, len(cells), cell.name)
             continue
         resume = folder.exists() and any(p.name != LOCK_NAME for p in folder.iterdir())
+        settings = replace(settings, resume=resume)
         logger.info("[%d/%d] %s%s", index, len(cells), cell.name, " (resuming)" if resume else "")
-        settings = replace(base, method=cell.method, seed=cell.seed, output=str(folder), resume=resume,
-                           overwrite=False, **cell.setting)
         try:
             run_training(settings)
         except (BaloraError, KeyboardInterrupt, TrainingInterrupted):
@@ -98,6 +100,25 @@ def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str
             logger.error("%s failed: %s: %s", cell.name, type(exc).__name__, exc)
             logger.debug(traceback.format_exc())
     return failed
+
+
+_RUN_CONTROL = ("output", "resume", "overwrite")
+
+
+def _check_same_settings(folder: Path, settings: TrainSettings) -> None:
+    """A finished cell is reused only if it was run with the settings asked for now."""
+    import yaml
+
+    config = folder / "config.yaml"
+    if not config.is_file():
+        return
+    saved = yaml.safe_load(config.read_text()) or {}
+    wanted = settings.to_dict()
+    changed = [k for k in wanted if k not in _RUN_CONTROL and k in saved and saved[k] != wanted[k]]
+    if changed:
+        details = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in changed[:4])
+        raise ConfigError(f"finished cell {folder} was run with other settings ({details}); delete that folder "
+                          "to re-run it, or use another --output.")
 
 
 def collect_results(output: Path, cells: list[Cell]) -> list[dict[str, Any]]:

@@ -117,10 +117,19 @@ def metric_columns(rows: Rows) -> list[str]:
 
 
 def varying_settings(rows: Rows, exclude: Sequence[str] = ()) -> list[str]:
-    """Setting columns (neither identity nor metric) that take more than one value across ``rows``."""
+    """Setting columns (``balora train`` options, not identity) that take more than one value in ``rows``.
+
+    A column is a setting only if it names a training option: metrics that vary from run to run
+    (``precision_class_0``, ``val_f1_macro``, ...) never split the groups.
+    """
+    from dataclasses import fields
+
+    from ..experiment.settings import TrainSettings
+
+    settings = {f.name for f in fields(TrainSettings)}
     out = []
     for name in columns(rows):
-        if name in IDENTITY_COLUMNS or name in exclude or is_metric_column(name):
+        if name in IDENTITY_COLUMNS or name in exclude or name not in settings:
             continue
         if len({repr(row.get(name)) for row in rows}) > 1:
             out.append(name)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Re-run every experiment of docs/results.md, in priority order, then regenerate the page's tables.
+#   experiments/run_all.sh                 # everything
+#   experiments/run_all.sh main noise      # only these (names: main noise imbalance ablation paper rank boolq nlg)
+# Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
+NICE="nice -n 15"
+# one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
+# kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+ALL="main imbalance noise ablation paper rank boolq nlg"
+WANT="${*:-$ALL}"
+
+run() {  # run NAME CONFIG
+    case " $WANT " in *" $1 "*) ;; *) return 0 ;; esac
+    echo "=== $1: balora compare --config $2 ($(date -u +%H:%M:%S))"
+    $NICE balora compare --config "$2"
+}
+plot() {  # plot NAME ARGS...
+    case " $WANT " in *" $1 "*) ;; *) return 0 ;; esac
+    shift
+    $NICE balora plot "$@"
+}
+
+run main experiments/main-tweets.yaml
+plot main bars runs/main-tweets --by method  # without --by, 'bars' groups by every metric column
+run imbalance experiments/imbalance-tweets.yaml
+plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/ba-lora-seed0 \
+    --output runs/imbalance-tweets
+run noise experiments/noise-tweets.yaml
+run ablation experiments/ablation-consistency-only.yaml
+run ablation experiments/ablation-diversity-only.yaml
+run ablation experiments/ablation-svd-only.yaml
+run paper experiments/main-tweets-paper.yaml
+run rank experiments/rank-tweets.yaml
+# the rank figure is drawn by make_results.py --plots (r = 8 merged from runs/main-tweets)
+run boolq experiments/boolq.yaml
+plot boolq bars runs/boolq --by method
+run nlg experiments/nlg-gsm.yaml
+
+# tables of docs/results.md, the merged noise table (noise 0 = runs/main-tweets), figures -> docs/figures/
+python experiments/make_results.py --plots
