@@ -147,3 +147,10 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in ("train", "eval", "compare", "bench", "plot"):
         assert command in out
+
+
+def test_dual_lora_warmup_defaults_to_a_tenth_of_the_run(tiny_dir, data_file, tmp_path):
+    out = tmp_path / "dual"
+    assert main(_train_args(tiny_dir, data_file, out, "dual-lora", "--max-steps", "30")) == 0
+    saved = json.loads((out / "adapter" / "balora_adapter.json").read_text())
+    assert saved["method"] == "dual-lora" and saved["peft_config"]["warmup_steps"] == 3

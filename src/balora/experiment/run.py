@@ -11,6 +11,7 @@ flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (val
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -60,6 +61,14 @@ def _last_checkpoint(checkpoints: Path) -> str | None:
     return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
 
 
+def _total_steps(settings: TrainSettings, train_rows: int) -> int:
+    """Optimizer steps of the run (single process), as the Trainer will count them."""
+    if settings.max_steps:
+        return settings.max_steps
+    per_epoch = math.ceil(train_rows / settings.batch_size / settings.gradient_accumulation_steps)
+    return max(1, math.ceil(per_epoch * settings.epochs))
+
+
 def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> tuple[BALoRATrainer, Any]:
     from transformers import TrainingArguments, set_seed
 
@@ -77,7 +86,10 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
             "pissa_niter": settings.pissa_niter or None,
         }
         if settings.method == "dual-lora":
-            options.update(r1=settings.r1, r2=settings.r2, warmup_steps=settings.dual_warmup_steps)
+            warmup = settings.dual_warmup_steps
+            if warmup is None:
+                warmup = min(100, max(1, round(0.1 * _total_steps(settings, data.train.num_rows))))
+            options.update(r1=settings.r1, r2=settings.r2, warmup_steps=warmup)
     started = time.perf_counter()
     model = adapt(model, method=settings.method, **options)
     init_s = time.perf_counter() - started

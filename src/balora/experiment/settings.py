@@ -40,7 +40,8 @@ class TrainSettings:
     target_modules: str = _opt("all-linear", "comma-separated module names, or all-linear")
     r1: int | None = _opt(None, "dual-lora magnitude rank (default r/2)")
     r2: int | None = _opt(None, "dual-lora direction rank (default r - r1)")
-    dual_warmup_steps: int = _opt(100, "dual-lora warm-up steps of the update factor")
+    dual_warmup_steps: int | None = _opt(None, "dual-lora warm-up steps of the update factor (default: 10%% of "
+                                                  "the training steps, at most 100)")
     pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
     preset: str = _opt("auto", "regularizer weights: auto (paper for ba-lora, none otherwise), paper, official, "
                                "none", choices=("auto", "paper", "official", "none"))
