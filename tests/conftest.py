@@ -51,3 +51,15 @@ MODEL_KINDS = {
 @pytest.fixture(params=sorted(MODEL_KINDS))
 def model_kind(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random BERT classifier (2 labels) and its tokenizer saved as a local model directory."""
+    from balora.models import tiny_model
+
+    folder = tmp_path_factory.mktemp("tinybert")
+    model, tokenizer = tiny_model("bert", "classification", num_labels=2)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -10,18 +10,8 @@ import pytest
 import yaml
 
 from balora.cli.main import main
-from balora.models import tiny_model
 
 WORDS = {0: ["awful", "bad", "sad", "terrible"], 1: ["good", "great", "happy", "lovely"]}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tinybert")
-    model, tokenizer = tiny_model("bert", "classification", num_labels=2)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,6 @@ from balora.cli.main import main
 from balora.models import tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tinybert")
-    model, tokenizer = tiny_model("bert", "classification", num_labels=2)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _csv(path, rows, header=("text", "label")):
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)

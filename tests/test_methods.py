@@ -52,14 +52,19 @@ def test_adapted_model_starts_equal_then_training_changes_it(model_kind, method)
     assert (_logits(model, batch) - base_logits).abs().max() > 1e-3
 
 
+def _trained_and_saved(kind, method, folder):
+    """(batch, logits of the trained model) after training a few steps and saving to ``folder``."""
+    batch = MODEL_KINDS[kind][1]()
+    model = _adapt(kind, method)
+    _train_steps(model, batch)
+    model.save_pretrained(folder)
+    return batch, _logits(model, batch)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_save_then_load_reproduces_outputs(model_kind, method, tmp_path):
-    make, make_batch = MODEL_KINDS[model_kind]
-    batch = make_batch()
-    model = _adapt(model_kind, method)
-    _train_steps(model, batch)
-    trained = _logits(model, batch)
-    model.save_pretrained(tmp_path)
+    make = MODEL_KINDS[model_kind][0]
+    batch, trained = _trained_and_saved(model_kind, method, tmp_path)
     loaded = balora.load(make(), tmp_path)
     torch.testing.assert_close(_logits(loaded, batch), trained, atol=1e-5, rtol=1e-5)
     assert not any(p.requires_grad for p in loaded.parameters())
@@ -67,12 +72,8 @@ def test_save_then_load_reproduces_outputs(model_kind, method, tmp_path):
 
 @pytest.mark.parametrize("method", STOCK_PEFT_METHODS)
 def test_stock_peft_loads_adapter_on_original_base(model_kind, method, tmp_path):
-    make, make_batch = MODEL_KINDS[model_kind]
-    batch = make_batch()
-    model = _adapt(model_kind, method)
-    _train_steps(model, batch)
-    trained = _logits(model, batch)
-    model.save_pretrained(tmp_path)
+    make = MODEL_KINDS[model_kind][0]
+    batch, trained = _trained_and_saved(model_kind, method, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stock = PeftModel.from_pretrained(make(), tmp_path)  # the ORIGINAL base: no PiSSA residual
