@@ -159,15 +159,15 @@ def _run_training(settings: TrainSettings) -> dict[str, float]:
     started = time.perf_counter()
     out = _prepare_output(settings)
     write_yaml_atomic(out / "config.yaml", settings.to_dict())
-    data = load_experiment_data(settings)
-    write_json_atomic(out / "noise_indices.json", data.noise_indices)
-    trainer, tokenizer = build_trainer(settings, data, out)
-    resume_from = _last_checkpoint(out / "checkpoints") if settings.resume else None
-    if settings.resume and resume_from is None:
-        logger.info("no checkpoint in %s: starting from the beginning", out / "checkpoints")
     stopper = GracefulStop()
-    trainer.add_callback(stopper)
-    with stopper.installed():
+    with stopper.installed():  # a signal during set-up stops after the first step, with a checkpoint
+        data = load_experiment_data(settings)
+        write_json_atomic(out / "noise_indices.json", data.noise_indices)
+        trainer, tokenizer = build_trainer(settings, data, out)
+        trainer.add_callback(stopper)
+        resume_from = _last_checkpoint(out / "checkpoints") if settings.resume else None
+        if settings.resume and resume_from is None:
+            logger.info("no checkpoint in %s: starting from the beginning", out / "checkpoints")
         trainer.train(resume_from_checkpoint=resume_from)
     if stopper.signal_name is not None:
         write_json_atomic(out / "log_history.json", trainer.state.log_history)
