@@ -103,6 +103,9 @@ def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str
 
 
 _RUN_CONTROL = ("output", "resume", "overwrite")
+# settings that only the listed methods read: a difference elsewhere does not change the run
+_METHOD_ONLY = {"r1": ("dual-lora",), "r2": ("dual-lora",), "dual_warmup_steps": ("dual-lora",),
+                "pissa_niter": ("pissa", "ba-lora"), "auto_preset": ("ba-lora",)}
 
 
 def _check_same_settings(folder: Path, settings: TrainSettings) -> None:
@@ -114,7 +117,8 @@ def _check_same_settings(folder: Path, settings: TrainSettings) -> None:
         return
     saved = yaml.safe_load(config.read_text()) or {}
     wanted = settings.to_dict()
-    changed = [k for k in wanted if k not in _RUN_CONTROL and k in saved and saved[k] != wanted[k]]
+    ignored = set(_RUN_CONTROL) | {k for k, methods in _METHOD_ONLY.items() if settings.method not in methods}
+    changed = [k for k in wanted if k not in ignored and k in saved and saved[k] != wanted[k]]
     if changed:
         details = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in changed[:4])
         raise ConfigError(f"finished cell {folder} was run with other settings ({details}); delete that folder "
