@@ -231,7 +231,8 @@ def block_imbalance() -> str:
 
 
 def block_ablation() -> str:
-    noisy = [r for r in read_rows("noise-tweets") if r.get("label_noise") == 0.2 and r["seed"] == 0]
+    seeds = {r["seed"] for t in ("consistency", "diversity", "svd") for r in read_rows(f"ablation-{t}-only")}
+    noisy = [r for r in read_rows("noise-tweets") if r.get("label_noise") == 0.2 and r["seed"] in seeds]
     parts = []
     for name, label in (("none", "none (= pissa)"), ("consistency", "consistency only"),
                         ("diversity", "diversity only"), ("svd", "SVD only"), ("all", "all three (= ba-lora)")):
@@ -246,17 +247,20 @@ def block_ablation() -> str:
     if not own:
         return "_not run_"
     table = method_table(parts)
-    return (f"{table}\n\nOne seed (0) each: no difference here can be compared with a seed-to-seed spread; "
-            f"for scale, the seed std of ba-lora / pissa at 20% noise is in the noise table.\n\n"
-            f"Wall time (the three single-term runs): {wall(own)}.")
+    comp = comparisons(parts, [(label, "none (= pissa)") for label in
+                               ("consistency only", "diversity only", "SVD only", "all three (= ba-lora)")])
+    return (f"{table}\n\n'none' and 'all three' are the pissa and ba-lora cells of the noise grid at 20% noise "
+            f"(same seeds).\n\nDifferences of test accuracy against PiSSA:\n\n{comp}\n\n"
+            f"Wall time (the single-term runs): {wall(own)}.")
 
 
 def rank_rows() -> list[dict]:
     rows = read_rows("rank-tweets")
     if not rows:
         return []
+    seeds = {r["seed"] for r in rows}
     base = [{**r, "rank": 8} for r in read_rows("main-tweets")
-            if r["method"] in ("lora", "pissa", "ba-lora") and r["seed"] == 0]
+            if r["method"] in ("lora", "pissa", "ba-lora") and r["seed"] in seeds]
     return base + rows
 
 
@@ -271,15 +275,111 @@ def block_rank() -> str:
     for m in methods:
         lines.append(f"| {m} | " + " | ".join(fmt(stats(by.get((m, k), []), "accuracy")) for k in ranks) + " |")
     own = [r for r in rows if r["rank"] != 8]
-    return "\n".join(lines) + (f"\n\nTest accuracy, seed 0 (r = 8: the main comparison's seed-0 cells). "
-                               f"Wall time (r != 8): {wall(own)}.")
+    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in own}))
+    complete = [k for k in ranks if all(len(by.get((m, k), [])) > 1 for m in methods)]
+    comp = "\n".join(comparisons([r for r in rows if r["rank"] == k], [("ba-lora", "pissa"), ("ba-lora", "lora")],
+                                 within="rank") for k in complete)
+    diffs = f"\n\nDifferences at ranks with ≥ 2 seeds:\n\n{comp}" if comp else ""
+    return "\n".join(lines) + (f"\n\nTest accuracy, mean ± std over the seeds run at each rank (seeds {seeds}; "
+                               f"r = 8: the main comparison's cells of the same seeds). Wall time (r != 8): "
+                               f"{wall(own)}.{diffs}")
 
 
-def block_simple(experiment: str, metrics=METRICS) -> str:
-    rows = read_rows(experiment)
+def block_lr() -> str:
+    """Validation accuracy against the learning rate (seed 0); 5e-4 is the main comparison's cell."""
+    rows = read_rows("lr-tweets")
     if not rows:
         return "_not run_"
-    return f"{method_table(rows, metrics)}\n\nWall time: {wall(rows)}."
+    import yaml
+
+    for r in rows:
+        config = yaml.safe_load((RUNS / "lr-tweets" / "cells" / r["cell"] / "config.yaml").read_text())
+        r["learning_rate"] = float(config["learning_rate"])
+    base = [{**r, "learning_rate": 5e-4} for r in read_rows("main-tweets") if r["seed"] == 0]
+    rows = rows + base
+    rates = sorted({r["learning_rate"] for r in rows})
+    methods = sorted({r["method"] for r in rows}, key=_order)
+    by = group(rows, ["method", "learning_rate"])
+    lines = ["| method | " + " | ".join(f"lr={k:g}" for k in rates) + " | best on val |",
+             "|---|" + "---|" * (len(rates) + 1)]
+    for m in methods:
+        vals = {k: by[(m, k)][0]["val_accuracy"] for k in rates if (m, k) in by}
+        best = max(vals, key=vals.get) if vals else None
+        cells = [(f"**{vals[k]:.3f}**" if k == best else f"{vals[k]:.3f}") if k in vals else "–" for k in rates]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {best:g} |")
+    own = [r for r in rows if r["learning_rate"] != 5e-4]
+    return "\n".join(lines) + (f"\n\nValidation accuracy, seed 0 (lr = 5e-4: the main comparison's seed-0 "
+                               f"cells); test accuracy was not looked at for this table. Wall time "
+                               f"(lr != 5e-4): {wall(own)}.")
+
+
+def block_ood() -> str:
+    rows = read_rows("ood-tweets")
+    if not rows:
+        return "_not run_"
+    for r in rows:
+        if isinstance(r.get("ood_accuracy"), (int, float)):
+            r["ood_drop"] = r["accuracy"] - r["ood_accuracy"]
+    metrics = [("accuracy", "in-domain test acc"), ("ood_accuracy", "out-of-domain acc"),
+               ("ood_f1_macro", "out-of-domain macro-F1"), ("ood_drop", "drop (in − out)"),
+               ("val_accuracy", "val acc")]
+    pairs = [("ba-lora", "pissa"), ("ba-lora", "lora"), ("pissa", "lora")]
+    return (f"{method_table(rows, metrics)}\n\nDifferences of out-of-domain accuracy:\n\n"
+            f"{comparisons(rows, pairs, metric='ood_accuracy')}\n\nWall time: {wall(rows)}.")
+
+
+NLG_METRICS = [("eval_loss", "test held-out loss"), ("exact_match", "test exact match"),
+               ("val_eval_loss", "val loss"), ("val_exact_match", "val exact match"), ("answered", "answered")]
+NLG_PAIRS = [("ba-lora", "pissa"), ("ba-lora", "lora"), ("pissa", "lora"), ("dora", "lora"), ("dual-lora", "lora")]
+
+
+def block_nlg() -> str:
+    rows = read_rows("nlg-gsm")
+    if not rows:
+        return "_not run_"
+    losses = comparisons(rows, NLG_PAIRS, metric="eval_loss")
+    matches = comparisons(rows, NLG_PAIRS, metric="exact_match")
+    n = {int(r["generated_n"]) for r in rows if isinstance(r.get("generated_n"), (int, float))}
+    return (f"{method_table(rows, NLG_METRICS)}\n\nExact match over {', '.join(map(str, sorted(n)))} test "
+            f"problems (greedy, final number); held-out loss = mean cross-entropy on the response tokens.\n\n"
+            f"Differences of test held-out loss (lower is better):\n\n{losses}\n\n"
+            f"Differences of test exact match:\n\n{matches}\n\nWall time: {wall(rows)}.")
+
+
+def majority_share(rows: list[dict]) -> str:
+    """The test share of the larger class, solved from one cell's accuracy and per-class recalls
+    (accuracy = r0·s0 + r1·(1 − s0)), so a reader can tell learning from predicting the prior."""
+    for r in rows:
+        r0, r1, acc = r.get("recall_class_0"), r.get("recall_class_1"), r.get("accuracy")
+        if None not in (r0, r1, acc) and abs(r0 - r1) > 1e-9:
+            s0 = (acc - r1) / (r0 - r1)
+            return f"Majority-class share of the test split: {max(s0, 1 - s0):.3f} (predicting the prior scores this)."
+    return ""
+
+
+def block_boolq() -> str:
+    """Probes on validation (can anything learn BoolQ here?), then the five-method comparison."""
+    import json
+
+    import yaml
+
+    probes = []
+    for metrics_file in sorted((RUNS / "boolq-probe").glob("*/metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        config = yaml.safe_load((metrics_file.parent / "config.yaml").read_text())
+        probes.append(f"| {config['method']} | {config['learning_rate']:g} | {config['train_size']} | "
+                      f"{config['epochs']:g} | {metrics['val_accuracy']:.3f} | {metrics['val_f1_macro']:.3f} | "
+                      f"{metrics.get('train_runtime_s', 0):.0f} |")
+    probe = ("Probes (seed 0, `max_length 128`, validation split only; commands in experiments/run_all.sh):\n\n"
+             "| method | learning rate | train rows | epochs | val acc | val macro-F1 | wall time (s) |\n"
+             "|---|---|---|---|---|---|---|\n" + "\n".join(probes) if probes else "_probes not run_")
+    rows = read_rows("boolq")
+    if not rows:
+        return probe + "\n\n_comparison not run_"
+    comp = comparisons(rows, [("ba-lora", "pissa"), ("ba-lora", "lora"), ("pissa", "lora"), ("dora", "lora"),
+                              ("dual-lora", "lora")])
+    return (f"{probe}\n\n{majority_share(rows)}\n\n{method_table(rows)}\n\nDifferences of test accuracy:\n\n"
+            f"{comp}\n\nWall time: {wall(rows)}.")
 
 
 BLOCKS = {
@@ -289,8 +389,10 @@ BLOCKS = {
     "imbalance": block_imbalance,
     "ablation": block_ablation,
     "rank": block_rank,
-    "boolq": lambda: block_simple("boolq"),
-    "nlg": lambda: block_simple("nlg-gsm", [("exact_match", "exact match"), ("loss", "held-out loss")]),
+    "lr": block_lr,
+    "ood": block_ood,
+    "boolq": block_boolq,
+    "nlg": block_nlg,
 }
 
 
@@ -316,7 +418,9 @@ def plots() -> None:
                            ("noise-merged/noise.png", "noise-tweets.png"),
                            ("imbalance-tweets/tsne.png", "imbalance-tsne.png"),
                            ("rank-merged/rank.png", "rank-tweets.png"),
-                           ("boolq/bars.png", "boolq-bars.png")):
+                           ("boolq/bars.png", "boolq-bars.png"),
+                           ("ood-tweets/bars.png", "ood-tweets-bars.png"),
+                           ("nlg-gsm/bars.png", "nlg-gsm-loss.png")):
         if (RUNS / source).is_file():
             shutil.copyfile(RUNS / source, FIGURES / target)
             shrink(FIGURES / target)

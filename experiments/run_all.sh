@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-run every experiment of docs/results.md, in priority order, then regenerate the page's tables.
 #   experiments/run_all.sh                 # everything
-#   experiments/run_all.sh main noise      # only these (names: main noise imbalance ablation paper rank boolq nlg)
+#   experiments/run_all.sh main noise      # only these (names: main noise imbalance ablation paper rank lr ood boolq nlg)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main imbalance noise ablation paper rank boolq nlg"
+ALL="main imbalance noise ablation paper rank lr ood boolq nlg"
 WANT="${*:-$ALL}"
 
 run() {  # run NAME CONFIG
@@ -36,9 +36,28 @@ run ablation experiments/ablation-svd-only.yaml
 run paper experiments/main-tweets-paper.yaml
 run rank experiments/rank-tweets.yaml
 # the rank figure is drawn by make_results.py --plots (r = 8 merged from runs/main-tweets)
+run lr experiments/lr-tweets.yaml
+case " $WANT " in *" ood "*) python experiments/make_ood_data.py ;; esac
+run ood experiments/ood-tweets.yaml
+plot ood bars runs/ood-tweets --by method --metric ood_accuracy
+# BoolQ probes on validation: can LoRA (two learning rates) or full fine-tuning learn more than the prior?
+probe() {  # probe NAME METHOD LR
+    case " $WANT " in *" boolq "*) ;; *) return 0 ;; esac
+    [ -f "runs/boolq-probe/$1/metrics.json" ] && return 0
+    $NICE balora train --model minilm --dataset boolq --method "$2" --output "runs/boolq-probe/$1" --overwrite \
+        --train-size 3000 --eval-size 500 --max-length 128 --epochs 1 --batch-size 16 --learning-rate "$3" \
+        --logging-steps 50 --seed 0
+}
+probe lora-lr5e-4 lora 5e-4
+probe lora-lr2e-3 lora 2e-3
+probe full-lr5e-5 full 5e-5
 run boolq experiments/boolq.yaml
 plot boolq bars runs/boolq --by method
-run nlg experiments/nlg-gsm.yaml
+# NLG seed by seed (every method on seed 0 first), so a run stopped early still compares all methods
+case " $WANT " in *" nlg "*)
+    for seeds in "0" "0 1" "0 1 2"; do $NICE balora compare --config experiments/nlg-gsm.yaml --seeds $seeds; done ;;
+esac
+plot nlg bars runs/nlg-gsm --by method --metric eval_loss
 
 # tables of docs/results.md, the merged noise table (noise 0 = runs/main-tweets), figures -> docs/figures/
 python experiments/make_results.py --plots

@@ -5,17 +5,21 @@ Shared by ``balora train`` (validation, test, out-of-domain) and ``balora eval``
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..data import NLUColumns, sft_collator, tokenize_nlu, tokenize_sft
 from ..evaluation import (
     classification_metrics,
     evaluate_humaneval,
+    extract_final_number,
     generate_greedy,
     math_accuracy,
     regression_metrics,
@@ -49,8 +53,12 @@ def collator(tokenizer: Any, task: str) -> Any:
 
 
 def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings,
-                   num_labels: int | None = None) -> dict[str, float]:
-    """Metrics of ``trainer.model`` on ``dataset`` (raw rows of the experiment's task)."""
+                   num_labels: int | None = None, generations_file: Path | None = None) -> dict[str, float]:
+    """Metrics of ``trainer.model`` on ``dataset`` (raw rows of the experiment's task).
+
+    NLG only: the prompts, references and completions scored are written to ``generations_file``
+    (JSON lines), so a reader can see what the model wrote, not just a number.
+    """
     if dataset is None or dataset.num_rows == 0:
         return {}
     tokenized = tokenize(dataset, tokenizer, task, settings)
@@ -64,12 +72,12 @@ def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settin
         return classification_metrics(predictions.argmax(-1).tolist(), labels.tolist(), num_labels=num_labels)
     loss = trainer.evaluate(eval_dataset=tokenized)["eval_loss"]
     metrics = {"eval_loss": float(loss), "perplexity": float(math.exp(min(loss, 50.0)))}
-    metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings))
+    metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings, generations_file))
     return metrics
 
 
-def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings
-                        ) -> dict[str, float]:
+def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings,
+                        generations_file: Path | None) -> dict[str, float]:
     if not settings.generate_size:
         return {}
     rows = dataset.select(range(min(settings.generate_size, dataset.num_rows)))
@@ -79,11 +87,22 @@ def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, set
                                       batch_size=settings.eval_batch_size)
     if task == "code":
         result = evaluate_humaneval([dict(r) for r in rows], completions)
+        _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions)
         return {"pass@1": float(result["pass@1"]), "code_n": float(result["n"])}
     references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]
     result = math_accuracy(completions, list(references))
+    _write_generations(generations_file, prompts, list(references), completions)
     return {"exact_match": float(result["accuracy"]), "answered": float(result["answered"]),
             "generated_n": float(result["n"])}
+
+
+def _write_generations(path: Path | None, prompts: list[str], references: list[Any],
+                       completions: list[str]) -> None:
+    if path is None:
+        return
+    lines = [json.dumps({"prompt": p, "reference": r, "completion": c, "extracted": extract_final_number(c)})
+             for p, r, c in zip(prompts, references, completions, strict=True)]
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:

@@ -177,12 +177,13 @@ def _run_training(settings: TrainSettings) -> dict[str, float]:
         )
     write_json_atomic(out / "log_history.json", trainer.state.log_history)
     save_adapter_atomic(trainer.model, out / "adapter")
-    metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings, data.num_labels),
-                       "val_")
-    metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels))
+    metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings, data.num_labels,
+                                      out / "generations_val.jsonl"), "val_")
+    metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels,
+                                  out / "generations_test.jsonl"))
     if data.ood is not None:
-        metrics.update(prefixed(evaluate_split(trainer, tokenizer, data.ood, data.task, settings, data.num_labels),
-                                "ood_"))
+        metrics.update(prefixed(evaluate_split(trainer, tokenizer, data.ood, data.task, settings, data.num_labels,
+                                               out / "generations_ood.jsonl"), "ood_"))
     runtime = time.perf_counter() - started
     metrics["train_runtime_s"] = round(runtime, 2)
     info = {**trainer.balora_info, "task": data.task, "label_names": data.label_names,

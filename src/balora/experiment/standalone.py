@@ -52,7 +52,8 @@ def evaluate_adapter(model: str, adapter: str, dataset: str, task: str = "auto",
 
         trainer = Trainer(model=adapted, args=args, data_collator=collator(tokenizer, task),
                           processing_class=tokenizer)
-        metrics = evaluate_split(trainer, tokenizer, data, task, settings, num_labels)
+        generations = Path(output).with_suffix(".generations.jsonl") if output else None
+        metrics = evaluate_split(trainer, tokenizer, data, task, settings, num_labels, generations)
     if output:
         write_json_atomic(output, metrics)
     return metrics
