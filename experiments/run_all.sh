@@ -27,8 +27,8 @@ plot() {  # plot NAME ARGS...
 run main experiments/main-tweets.yaml
 plot main bars runs/main-tweets --by method  # without --by, 'bars' groups by every metric column
 run imbalance experiments/imbalance-tweets.yaml
-plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/ba-lora-seed0 \
-    --output runs/imbalance-tweets
+plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/pissa-seed0 \
+    runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
 run noise experiments/noise-tweets.yaml
 run ablation experiments/ablation-consistency-only.yaml
 run ablation experiments/ablation-diversity-only.yaml
@@ -37,6 +37,12 @@ run paper experiments/main-tweets-paper.yaml
 run rank experiments/rank-tweets.yaml
 # the rank figure is drawn by make_results.py --plots (r = 8 merged from runs/main-tweets)
 run lr experiments/lr-tweets.yaml
+case " $WANT " in *" lr "*)  # every method whose best validation learning rate is not 5e-4: 3 seeds there
+    python experiments/make_results.py --best-lr | while read -r method rate; do
+        $NICE balora compare --config experiments/lr-tweets.yaml --methods "$method" --grid "learning_rate=$rate" \
+            --seeds 0 1 2
+    done ;;
+esac
 case " $WANT " in *" ood "*) python experiments/make_ood_data.py ;; esac
 run ood experiments/ood-tweets.yaml
 plot ood bars runs/ood-tweets --by method --metric ood_accuracy

@@ -200,3 +200,11 @@ def test_varying_metrics_are_not_settings():
     rows = [{"cell": f"c{i}", "method": "lora", "seed": i, "label_noise": 0.2 * (i % 2), "accuracy": 0.5 + i / 10,
              "precision_class_0": 0.1 * i, "val_f1_macro": 0.3 + i / 7} for i in range(4)]
     assert varying_settings(rows) == ["label_noise"]
+
+
+def test_tsne_legend_uses_the_runs_class_names(tmp_path):
+    from balora.plots.run import _label_names
+
+    (tmp_path / "run_info.json").write_text(json.dumps({"label_names": ["negative", "neutral", "positive"]}))
+    assert _label_names(tmp_path) == ["negative", "neutral", "positive"]
+    assert _label_names(tmp_path / "missing") == []

@@ -205,6 +205,15 @@ def _pick(items: list, limit: int) -> list:
     return [items[i] for i in sorted({int(round(i)) for i in np.linspace(0, len(items) - 1, limit)})]
 
 
+def _label_names(run: Path) -> list[str]:
+    """Class names a ``balora train`` run recorded in ``run_info.json`` (empty when absent)."""
+    try:
+        names = json.loads((run / "run_info.json").read_text()).get("label_names")
+    except (OSError, ValueError):
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
 def plot_tsne(run_dirs: str | Path | Sequence[str | Path], out_path: str | Path, max_points: int = 500,
               seed: int = 0, max_checkpoints: int = 6) -> Path:
     """t-SNE of each run's representations (rows: runs, columns: checkpoints), coloured by label."""
@@ -248,7 +257,9 @@ def plot_tsne(run_dirs: str | Path | Sequence[str | Path], out_path: str | Path,
     if not continuous:
         from matplotlib.lines import Line2D
 
-        handles = [Line2D([], [], marker="o", linestyle="", color=cmap[i], label=f"label {k}")
+        names = _label_names(runs[0])
+        handles = [Line2D([], [], marker="o", linestyle="", color=cmap[i],
+                          label=names[int(k)] if 0 <= int(k) < len(names) else f"label {k}")
                    for i, k in enumerate(classes)]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=8, frameon=False)
     fig.suptitle(f"t-SNE of representations over training (at most {max_points} points per panel)", fontsize=10)
