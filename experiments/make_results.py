@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -103,7 +104,9 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     try:
         from scipy.stats import ttest_ind
 
-        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+        with warnings.catch_warnings():  # near-identical seeds: scipy warns of precision loss, p is still fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(ttest_ind(a, b, equal_var=False).pvalue)
         return None if math.isnan(p) else p
     except ImportError:  # scipy is optional
         return None
@@ -173,7 +176,7 @@ def block_machine() -> str:
         torch_v = "?"
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or "?"
     return (f"- machine: `nproc` = {nproc}, CPU model \"{cpu}\", no GPU, shared with other jobs "
-            f"(runs at `nice -n 15`, `OMP_NUM_THREADS=1`)\n"
+            f"(runs at low priority with `nice`, `OMP_NUM_THREADS=1`, two experiments at a time)\n"
             f"- software: Python {platform.python_version()}, torch {torch_v}")
 
 

@@ -208,3 +208,11 @@ def test_tsne_legend_uses_the_runs_class_names(tmp_path):
     (tmp_path / "run_info.json").write_text(json.dumps({"label_names": ["negative", "neutral", "positive"]}))
     assert _label_names(tmp_path) == ["negative", "neutral", "positive"]
     assert _label_names(tmp_path / "missing") == []
+
+
+def test_methods_sort_in_their_usual_order_then_by_name():
+    from balora.plots._common import method_order
+
+    names = ["zeta", "ba-lora", "full", "lora", "dual-lora (lr 0.002)", "pissa", "alpha"]
+    assert sorted(names, key=method_order) == ["lora", "pissa", "ba-lora", "dual-lora (lr 0.002)", "full",
+                                               "alpha", "zeta"]

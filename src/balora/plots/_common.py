@@ -46,6 +46,13 @@ def save(fig, out_path: str | Path) -> Path:
     return out
 
 
+def method_order(name: str) -> tuple[int, str]:
+    """Sort key: the known methods in their usual order (lora, pissa, ba-lora, ...), others after, by name."""
+    base = str(name).split(" (")[0]
+    order = list(METHOD_COLORS)
+    return (order.index(base) if base in order else len(order), str(name))
+
+
 def color_map(names: Iterable[str]) -> dict[str, str]:
     """A colour per name: the fixed one for known methods, then spare colours in order."""
     colors: dict[str, str] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ._common import color_map, new_figure, save
+from ._common import color_map, method_order, new_figure, save
 from .results import Summary, as_float, load_results, require_column, require_metric, summarize, varying_settings
 
 AXIS_LABELS = {
@@ -105,11 +105,12 @@ def plot_bars(results: Results, metric: str, out_path: str | Path, by: Sequence[
     """``metric`` mean ± std over seeds per method, grouped by ``by`` (default: the settings that vary)."""
     rows = _rows(results)
     require_metric(rows, metric)
-    by = list(varying_settings(rows, exclude=("method",)) if by is None else by)
+    # methods are the bars' colours, never a group: ``--by method`` means "one bar per method"
+    by = [b for b in (varying_settings(rows, exclude=("method",)) if by is None else by) if b != "method"]
     for name in by:
         require_column(rows, name)
     stats = summarize(rows, metric, by=["method", *by])
-    methods = list(dict.fromkeys(key[0] for key in stats))
+    methods = sorted(dict.fromkeys(key[0] for key in stats), key=method_order)
     groups = sorted(dict.fromkeys(key[1:] for key in stats), key=sort_key)
     colors = color_map(methods)
     total = len(methods) * len(groups)
