@@ -114,6 +114,14 @@ def test_plot_curves_and_tsne_of_a_run(tiny_dir, data_file, tmp_path):
          "--label-noise must be between 0 and 1"),
         (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--resume", "--overwrite"],
          "contradict"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--learning-rate", "0"],
+         "--learning-rate must be > 0, got 0.0"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--batch-size", "0"],
+         "--batch-size must be >= 1, got 0"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--warmup-ratio", "1.5"],
+         "--warmup-ratio must be in [0, 1)"),
+        (["train", "--model", "minilm", "--dataset", "tweets", "--output", "x", "--test-fraction", "-0.1"],
+         "--test-fraction must be in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys, monkeypatch):

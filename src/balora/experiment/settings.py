@@ -98,6 +98,16 @@ class TrainSettings:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}.")
         if self.max_steps is None and self.epochs <= 0:
             raise ConfigError(f"--epochs must be > 0, got {self.epochs}.")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}.")
+        for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}.")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}.")
         if self.validation_fraction + (0 if self.eval_dataset else self.test_fraction) >= 1:
             raise ConfigError("--validation-fraction plus --test-fraction must leave data to train on.")
         if self.resume and self.overwrite:
@@ -110,7 +120,9 @@ class TrainSettings:
 
     @property
     def default_learning_rate(self) -> float:
-        return self.learning_rate or (3e-5 if self.method == "full" else 5e-4)
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 3e-5 if self.method == "full" else 5e-4
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
