@@ -362,11 +362,20 @@ def block_nlg() -> str:
     rows = read_rows("nlg-gsm")
     if not rows:
         return "_not run_"
+    base_file = RUNS / "nlg-gsm" / "base.json"
+    base = ""
+    if base_file.is_file():
+        import json
+
+        b = json.loads(base_file.read_text())
+        base = (f"\n\nThe base model without any training (`python experiments/nlg_base.py`, same 60 test "
+                f"problems): held-out loss {b['eval_loss']:.3f}, exact match {b['exact_match']:.3f} over "
+                f"{int(b['generated_n'])}.")
     losses = comparisons(rows, NLG_PAIRS, metric="eval_loss")
     matches = comparisons(rows, NLG_PAIRS, metric="exact_match")
     n = {int(r["generated_n"]) for r in rows if isinstance(r.get("generated_n"), (int, float))}
     return (f"{method_table(rows, NLG_METRICS)}\n\nExact match over {', '.join(map(str, sorted(n)))} test "
-            f"problems (greedy, final number); held-out loss = mean cross-entropy on the response tokens.\n\n"
+            f"problems (greedy, final number); held-out loss = mean cross-entropy on the response tokens.{base}\n\n"
             f"Differences of test held-out loss (lower is better):\n\n{losses}\n\n"
             f"Differences of test exact match:\n\n{matches}\n\nWall time: {wall(rows)}.")
 

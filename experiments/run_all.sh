@@ -63,6 +63,7 @@ plot boolq bars runs/boolq --by method
 case " $WANT " in *" nlg "*)
     for seeds in "0" "0 1" "0 1 2"; do $NICE balora compare --config experiments/nlg-gsm.yaml --seeds $seeds; done ;;
 esac
+case " $WANT " in *" nlg "*) [ -f runs/nlg-gsm/base.json ] || $NICE python experiments/nlg_base.py ;; esac
 plot nlg bars runs/nlg-gsm --by method --metric eval_loss
 
 # tables of docs/results.md, the merged noise table (noise 0 = runs/main-tweets), figures -> docs/figures/

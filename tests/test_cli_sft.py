@@ -51,3 +51,21 @@ def test_sft_run_reports_loss_exact_match_and_writes_the_generations(tiny_causal
     correct = sum(line["extracted"] is not None and float(line["extracted"]) == float(line["reference"])
                   for line in lines)
     assert metrics["exact_match"] == correct / 2
+
+
+def test_eval_without_adapter_scores_the_base_model(tiny_causal_dir, math_file, tmp_path):
+    out = tmp_path / "base.json"
+    code = main(["eval", "--model", str(tiny_causal_dir), "--dataset", str(math_file), "--eval-size", "6",
+                 "--generate-size", "2", "--max-new-tokens", "4", "--max-length", "64", "--output", str(out)])
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    # a random tiny model over a 128-token vocabulary: the loss is near log(128) = 4.85, far from trained
+    assert 3.5 < metrics["eval_loss"] < 6.5 and metrics["generated_n"] == 2
+    assert len((tmp_path / "base.generations.jsonl").read_text().splitlines()) == 2
+
+
+def test_eval_of_a_classifier_needs_an_adapter(tiny_causal_dir, tmp_path, capsys):
+    data = tmp_path / "labels.csv"
+    data.write_text("text,label\ngood,pos\nbad,neg\n")
+    assert main(["eval", "--model", str(tiny_causal_dir), "--dataset", str(data)]) == 2
+    assert "needs --adapter" in capsys.readouterr().err

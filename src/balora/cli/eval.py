@@ -1,4 +1,4 @@
-"""``balora eval``: evaluate a saved adapter (any method) on a data set, without training."""
+"""``balora eval``: evaluate a saved adapter (any method), or the base model alone, on a data set."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from .common import add_config_option
 EXAMPLES = """examples:
   balora eval --model minilm --adapter runs/tweets/adapter --dataset tweets --eval-size 500
   balora eval --model minilm --adapter runs/tweets/adapter --dataset other.csv --output ood.json
+  balora eval --model smollm2-135m --dataset problems.jsonl --output base.json   # the base model, no adapter
 """
 
 
@@ -19,7 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(parser)
     parser.add_argument("--model", required=True, help="the ORIGINAL base model the adapter was trained on")
-    parser.add_argument("--adapter", required=True, help="adapter directory (a run's adapter/ folder)")
+    parser.add_argument("--adapter", default=None,
+                        help="adapter directory (a run's adapter/ folder); omit it to evaluate the base model "
+                             "itself (generation tasks only)")
     parser.add_argument("--dataset", required=True, help="packaged data set or local file to evaluate on")
     parser.add_argument("--task", default="auto", help="task; default: the run's, else from the data set")
     parser.add_argument("--eval-size", type=int, default=None, help="evaluate on at most this many rows")

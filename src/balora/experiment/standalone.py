@@ -1,4 +1,4 @@
-"""Evaluate a saved adapter without training (``balora eval``)."""
+"""Evaluate a saved adapter, or the base model itself, without training (``balora eval``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..models import load_model
 from ..persistence import load
 from .data import NLU_TASKS, infer_task
@@ -17,20 +17,24 @@ from .run import model_task
 from .settings import TrainSettings
 
 
-def evaluate_adapter(model: str, adapter: str, dataset: str, task: str = "auto", eval_size: int | None = None,
+def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = "auto", eval_size: int | None = None,
                      generate_size: int | None = 100, max_new_tokens: int = 256, max_length: int = 128,
                      batch_size: int = 32, data_seed: int = 0, output: str | None = None) -> dict[str, float]:
-    """Metrics of ``adapter`` on ``model`` over the whole of ``dataset`` (or ``eval_size`` rows of it)."""
+    """Metrics of ``adapter`` on ``model`` over the whole of ``dataset`` (or ``eval_size`` rows of it).
+
+    ``adapter=None`` evaluates the base model itself: the reference point of a generation task. A
+    classifier has no such reference (its head would be untrained), so NLU tasks need an adapter.
+    """
     from transformers import Trainer, TrainingArguments
 
     from ..data import load_dataset_any, prepare_nlu, subsample
     from ..data.nlu import NLUColumns
 
-    adapter_dir = Path(adapter)
-    if not adapter_dir.is_dir():
+    adapter_dir = Path(adapter) if adapter is not None else None
+    if adapter_dir is not None and not adapter_dir.is_dir():
         raise ModelError(f"adapter directory {adapter!r} does not exist.")
-    run_file = adapter_dir / "balora_run.json"
-    run_info: dict[str, Any] = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    run_file = adapter_dir / "balora_run.json" if adapter_dir is not None else None
+    run_info: dict[str, Any] = json.loads(run_file.read_text()) if run_file and run_file.is_file() else {}
     settings = TrainSettings(model=model, dataset=dataset, output=tempfile.gettempdir(), task=task,
                              eval_size=eval_size, generate_size=generate_size, max_new_tokens=max_new_tokens,
                              max_length=max_length, eval_batch_size=batch_size, data_seed=data_seed)
@@ -38,13 +42,16 @@ def evaluate_adapter(model: str, adapter: str, dataset: str, task: str = "auto",
     if task == "auto":
         task = run_info.get("task") or infer_task(settings, data.column_names)
     label_names = run_info.get("label_names")
+    if adapter_dir is None and task in NLU_TASKS:
+        raise ConfigError(f"evaluating a {task} model needs --adapter: without one its head is untrained "
+                          "(--adapter may be omitted only for generation tasks).")
     if task in NLU_TASKS:
         data, label_names = prepare_nlu(data, NLUColumns.infer(data.column_names), task, label_names=label_names)
     if eval_size is not None and eval_size < data.num_rows:
         data = subsample(data, eval_size, data_seed, "evaluation set")
     num_labels = 1 if task == "regression" else len(label_names or [])
     base, tokenizer = load_model(model, model_task(task), num_labels=num_labels or None, label_names=label_names)
-    adapted = load(base, adapter_dir, is_trainable=False)
+    adapted = load(base, adapter_dir, is_trainable=False) if adapter_dir is not None else base
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, report_to=[],
                                  use_cpu=not _cuda(), disable_tqdm=False)
