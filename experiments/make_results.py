@@ -73,8 +73,12 @@ def _num(value: str):
         return value
 
 
-def _order(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+def _order(method: str) -> float:
+    """Known methods in their usual order; 'ba-lora (lr 0.002)' and the like right after their method."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method)
+    base = method.split(" (")[0]
+    return METHOD_ORDER.index(base) + 0.5 if base in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def group(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
@@ -332,6 +336,7 @@ def block_lr() -> str:
     if any(r["seed"] != 0 for r in tuned if not r["method"].endswith("(lr 0.0005)")):
         names = sorted({r["method"] for r in tuned}, key=lambda n: _order(n.split(" (")[0]))
         pairs = [(a, b) for a in names for b in names if a != b and b.startswith("lora ")]
+        pairs += [(a, b) for a in names for b in names if a.startswith("ba-lora ") and b.startswith("pissa ")]
         text += (f"\n\nEvery method at its own best validation learning rate (the tuned-on-val rows), test "
                  f"metrics over the seeds run at that rate:\n\n{method_table(tuned)}\n\n"
                  f"Differences of test accuracy:\n\n{comparisons(tuned, pairs)}")
