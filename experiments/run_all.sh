@@ -25,7 +25,7 @@ plot() {  # plot NAME ARGS...
 }
 
 run main experiments/main-tweets.yaml
-plot main bars runs/main-tweets --by method  # without --by, 'bars' groups by every metric column
+plot main bars runs/main-tweets --by method
 run imbalance experiments/imbalance-tweets.yaml
 plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/pissa-seed0 \
     runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
