@@ -87,22 +87,26 @@ def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, set
                                       batch_size=settings.eval_batch_size)
     if task == "code":
         result = evaluate_humaneval([dict(r) for r in rows], completions)
-        _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions)
+        _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions, extract=False)
         return {"pass@1": float(result["pass@1"]), "code_n": float(result["n"])}
     references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]
     result = math_accuracy(completions, list(references))
-    _write_generations(generations_file, prompts, list(references), completions)
+    _write_generations(generations_file, prompts, list(references), completions, extract=True)
     return {"exact_match": float(result["accuracy"]), "answered": float(result["answered"]),
             "generated_n": float(result["n"])}
 
 
-def _write_generations(path: Path | None, prompts: list[str], references: list[Any],
-                       completions: list[str]) -> None:
+def _write_generations(path: Path | None, prompts: list[str], references: list[Any], completions: list[str],
+                       extract: bool) -> None:
+    """One JSON line per prompt; math rows also carry the number the scorer extracted from the completion."""
     if path is None:
         return
-    lines = [json.dumps({"prompt": p, "reference": r, "completion": c, "extracted": extract_final_number(c)})
-             for p, r, c in zip(prompts, references, completions, strict=True)]
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
+    rows = [{"prompt": p, "reference": r, "completion": c} for p, r, c in zip(prompts, references, completions,
+                                                                                strict=True)]
+    if extract:
+        for row in rows:
+            row["extracted"] = extract_final_number(row["completion"])
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:

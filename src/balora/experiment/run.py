@@ -4,8 +4,9 @@ The run directory holds (all JSON/YAML written atomically):
 ``config.yaml`` (the resolved settings), ``adapter/`` (the shareable adapter, see :mod:`balora.persistence`),
 ``checkpoints/`` (resumable), ``log_history.json`` (every logged loss and regularizer term),
 ``noise_indices.json`` (rows whose label was changed), ``representations/`` (for t-SNE),
-``run_info.json`` (task, labels, timings, the NLU target the regularizers used) and ``metrics.json``, a
-flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``.
+``run_info.json`` (task, labels, timings, the NLU target the regularizers used), ``metrics.json``, a
+flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``,
+and for generation tasks ``generations_{val,test,ood}.jsonl`` (what the model wrote for each prompt).
 """
 
 from __future__ import annotations
