@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import platform
 import re
@@ -25,6 +26,8 @@ import sys
 import warnings
 from pathlib import Path
 from statistics import mean, stdev
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs"
@@ -51,10 +54,6 @@ def read_rows(experiment: str) -> list[dict]:
     for cell in sorted((RUNS / experiment / "cells").glob("*/metrics.json")):
         if cell.parent.name in listed:
             continue
-        import json
-
-        import yaml
-
         config = yaml.safe_load((cell.parent / "config.yaml").read_text())
         metrics = json.loads(cell.read_text())
         runtime = metrics.pop("train_runtime_s", None)
@@ -229,8 +228,6 @@ def block_imbalance() -> str:
     cells = RUNS / "imbalance-tweets" / "cells"
     info = cells / "lora-seed0" / "run_info.json"
     if info.is_file():
-        import json
-
         data = json.loads(info.read_text())
         train_info = (f"\n\nTraining rows after subsampling: {data.get('train_rows')}; classes "
                       f"{', '.join(f'{i} = {n}' for i, n in enumerate(data.get('label_names', [])))}.")
@@ -297,8 +294,6 @@ def block_rank() -> str:
 
 def lr_rows() -> list[dict]:
     """Cells of runs/lr-tweets (any seed) with their learning rate, plus main-tweets as lr = 5e-4."""
-    import yaml
-
     rows = read_rows("lr-tweets")
     for r in rows:
         config = yaml.safe_load((RUNS / "lr-tweets" / "cells" / r["cell"] / "config.yaml").read_text())
@@ -370,8 +365,6 @@ def block_nlg() -> str:
     base_file = RUNS / "nlg-gsm" / "base.json"
     base = ""
     if base_file.is_file():
-        import json
-
         b = json.loads(base_file.read_text())
         base = (f"\n\nThe base model without any training (`python experiments/nlg_base.py`, same 60 test "
                 f"problems): held-out loss {b['eval_loss']:.3f}, exact match {b['exact_match']:.3f} over "
@@ -398,10 +391,6 @@ def majority_share(rows: list[dict]) -> str:
 
 def block_boolq() -> str:
     """Probes on validation (can anything learn BoolQ here?), then the five-method comparison."""
-    import json
-
-    import yaml
-
     probes = []
     for metrics_file in sorted((RUNS / "boolq-probe").glob("*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
