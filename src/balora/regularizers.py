@@ -7,29 +7,35 @@ float32 copy is ever made.
 
 NLG terms work on the M "valid" rows: position t of the logits is valid when ``labels[:, t + 1] != -100``
 (the causal shift; the last position never is). The row-level helpers (:func:`gather_valid`,
-:func:`kl_rows`, :func:`topk_entropy_rows`, :func:`svd_ratio`, :func:`nlg_terms`) let a trainer gather
-once and reuse the rows. The helpers return the named, non-negative quantity (KL, entropy, ratio); only
-the six public terms and :func:`nlg_terms` apply the loss sign.
+:func:`kl_rows`, :func:`topk_entropy_rows`, :func:`kl_entropy_rows`, :func:`svd_ratio`,
+:func:`svd_ratio_through_head`, :func:`nlg_terms`) let a trainer gather once and reuse the rows. The
+helpers return the named, non-negative quantity (KL, entropy, ratio); only the six public terms and
+:func:`nlg_terms` apply the loss sign.
 
-Memory: the KL and entropy terms walk the rows in chunks of ``chunk_size`` rows (default: as many rows as
-fit in :data:`CHUNK_ELEMENTS` elements), so at most one chunk's float32 (rows x V) temporaries is alive.
-The KL uses a custom autograd function that recomputes the softmaxes chunk by chunk in backward instead
-of keeping M x V float32 log-probabilities for it; the entropy only keeps (M, top_k) values. The SVD
-term reads the rows in upcast column blocks of CHUNK_ELEMENTS (Gram matrix / range finder) and keeps
-only the small detached basis for backward. Outputs are float32 (float64 for float64 inputs).
+Memory: the KL and entropy run in one fused pass (:mod:`balora.row_terms`) over chunks of ``chunk_size``
+rows (default: as many rows as fit in :data:`CHUNK_ELEMENTS` elements), so only a few float32 (rows x V)
+chunk temporaries are alive; the custom autograd function recomputes each chunk in backward instead of
+keeping M x V float32 probabilities, and keeps only the (M, top_k) top-K indices. The SVD term reads the
+rows in upcast column blocks of CHUNK_ELEMENTS (Gram matrix / range finder) and keeps only the small
+detached basis for backward; through a frozen linear head (SPEC 8.2) it needs only the (M, h) head inputs.
+Outputs are float32 (float64 for float64 inputs).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+
+from .row_terms import compute_dtype as _compute_dtype
+from .row_terms import row_term_sums
 
 __all__ = [
     "AUTO_EXACT_MAX",
     "CHUNK_ELEMENTS",
     "IGNORE_INDEX",
     "gather_valid",
+    "head_gram_factor",
+    "kl_entropy_rows",
     "kl_rows",
     "nlg_consistency",
     "nlg_diversity",
@@ -38,7 +44,9 @@ __all__ = [
     "nlu_consistency",
     "nlu_diversity",
     "nlu_svd",
+    "rows_per_chunk",
     "svd_ratio",
+    "svd_ratio_through_head",
     "topk_entropy_rows",
     "topk_singular_sum",
     "valid_token_mask",
@@ -54,17 +62,13 @@ AUTO_EXACT_MAX = 512
 _TINY = 1e-12
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float32 for half/bf16/float32 inputs, float64 kept (so gradcheck works)."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def _zero_like_graph(x: torch.Tensor) -> torch.Tensor:
     """A zero (compute dtype) attached to ``x``'s graph: backward works and gives a zero gradient."""
     return x.sum().to(_compute_dtype(x)) * 0
 
 
-def _rows_per_chunk(chunk_size: int | None, width: int) -> int:
+def rows_per_chunk(chunk_size: int | None, width: int) -> int:
+    """``chunk_size`` checked, or by default as many rows of ``width`` as fit in :data:`CHUNK_ELEMENTS`."""
     if chunk_size is None:
         return max(1, CHUNK_ELEMENTS // max(1, width))
     if chunk_size < 1:
@@ -150,74 +154,44 @@ def gather_valid(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int =
     return logits[valid_token_mask(labels, ignore_index).to(logits.device)]
 
 
-class _ChunkedKL(torch.autograd.Function):
-    """sum over rows of KL(softmax(t/T) || softmax(s/T)); backward recomputes chunk by chunk."""
-
-    @staticmethod
-    def forward(ctx, student, teacher, temperature, rows):  # type: ignore[override]
-        dtype = _compute_dtype(student)
-        total = torch.zeros((), dtype=dtype, device=student.device)
-        for s, t in zip(student.split(rows), teacher.split(rows), strict=True):
-            ls = F.log_softmax(s.to(dtype) / temperature, dim=-1)
-            lt = F.log_softmax(t.to(dtype) / temperature, dim=-1)
-            total += F.kl_div(ls, lt, reduction="sum", log_target=True)
-        ctx.save_for_backward(student, teacher)
-        ctx.temperature, ctx.rows = temperature, rows
-        return total
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        student, teacher = ctx.saved_tensors
-        temperature, rows = ctx.temperature, ctx.rows
-        dtype = _compute_dtype(student)
-        scale = grad_out.to(dtype) / temperature  # d KL / d s = (softmax(s/T) - softmax(t/T)) / T
-        grad = torch.empty_like(student)
-        for g, s, t in zip(grad.split(rows), student.split(rows), teacher.split(rows), strict=True):
-            diff = torch.softmax(s.to(dtype) / temperature, dim=-1)
-            diff -= torch.softmax(t.to(dtype) / temperature, dim=-1)
-            g.copy_(diff.mul_(scale))
-        return grad, None, None, None
-
-
 def kl_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float = 2.0,
             chunk_size: int | None = None) -> torch.Tensor:
     """T^2 * (1/M) sum_m KL(softmax(zP_m/T) || softmax(zF_m/T)) over (M, V) rows (L_CR, SPEC 2.3).
 
     The teacher is detached. Log-softmax throughout. M = 0 gives a graph-attached zero.
     """
-    if student_rows.shape != teacher_rows.shape or student_rows.dim() != 2:
-        raise ValueError(f"expected two (M, V) tensors, got {tuple(student_rows.shape)} "
-                         f"and {tuple(teacher_rows.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    m, v = student_rows.shape
-    if m == 0:
-        return _zero_like_graph(student_rows)
-    rows = _rows_per_chunk(chunk_size, v)
-    total = _ChunkedKL.apply(student_rows, teacher_rows.detach(), float(temperature), rows)
-    return total * (temperature**2 / m)
+    return kl_entropy_rows(student_rows, teacher_rows, temperature, top_k=0, chunk_size=chunk_size)[0]
 
 
 def topk_entropy_rows(rows: torch.Tensor, top_k: int = 20, chunk_size: int | None = None) -> torch.Tensor:
     """(1/M) sum_m H(softmax(top_K(z_m))): mean entropy of the renormalised top-K distribution (>= 0).
 
-    ``rows``: (M, V). The top-K selection runs in the input dtype and only the (M, K) values are upcast,
-    so autograd keeps (M, K) tensors. K is capped at V. M = 0 gives a graph-attached zero.
+    ``rows``: (M, V). Only the (M, K) top-K indices are kept for backward. K is capped at V.
+    M = 0 gives a graph-attached zero.
     """
-    if rows.dim() != 2:
-        raise ValueError(f"expected (M, V), got {tuple(rows.shape)}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    m, v = rows.shape
+    return kl_entropy_rows(rows, None, top_k=top_k, chunk_size=chunk_size)[1]
+
+
+def kl_entropy_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor | None, temperature: float = 2.0,
+                    top_k: int = 20, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`kl_rows`, :func:`topk_entropy_rows`) in ONE chunked pass over the student's (M, V) rows.
+
+    ``teacher_rows`` None skips the KL (returned as a graph-attached zero); ``top_k`` 0 skips the entropy.
+    Both are unsigned (the loss terms are +KL and -entropy).
+    """
+    if student_rows.dim() != 2:
+        raise ValueError(f"expected (M, V) rows, got {tuple(student_rows.shape)}")
+    if teacher_rows is not None and teacher_rows.shape != student_rows.shape:
+        raise ValueError(f"expected two (M, V) tensors, got {tuple(student_rows.shape)} "
+                         f"and {tuple(teacher_rows.shape)}")
+    m, v = student_rows.shape
     if m == 0:
-        return _zero_like_graph(rows)
-    kk, dtype = min(top_k, v), _compute_dtype(rows)
-    total = torch.zeros((), dtype=dtype, device=rows.device)
-    for chunk in rows.split(_rows_per_chunk(chunk_size, v)):
-        logp = F.log_softmax(chunk.topk(kk, dim=-1, sorted=False).values.to(dtype), dim=-1)
-        total = total - (logp.exp() * logp).sum()
-    return total / m
+        return _zero_like_graph(student_rows), _zero_like_graph(student_rows)
+    _, kl, ent = row_term_sums(student_rows, rows_per_chunk(chunk_size, v), teacher=teacher_rows,
+                               temperature=temperature, top_k=top_k)
+    return kl * (temperature**2 / m), ent / m
 
 
 def _col_blocks(z: torch.Tensor, dtype: torch.dtype):
@@ -318,6 +292,64 @@ def svd_ratio(z: torch.Tensor, k: int = 10, method: str = "auto", oversample: in
     return top / torch.linalg.vector_norm(z, dtype=_compute_dtype(z)).clamp_min(_TINY)
 
 
+@torch.no_grad()
+def head_gram_factor(head_weight: torch.Tensor, head_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """L (h', r) with L L^T = G = Wa^T Wa, Wa = [W | b] (V, h'): h' = h, or h + 1 with a bias (SPEC 8.2).
+
+    Then Z Z^T = Ha G Ha^T = (Ha L)(Ha L)^T for Z = H W^T + b and Ha = [H | 1], so Z (M, V) and the small
+    Ha L (M, r) have the same singular values and Frobenius norm. G is accumulated over row blocks of W
+    upcast to float32 (float64 stays float64), so no (V, h) float32 copy; cost V h'^2 once per head.
+    L = Q diag(sqrt(lambda)) from G's float64 eigendecomposition rather than a Cholesky factor: G is only
+    positive SEMI-definite (V < h, tied or collinear columns), where Cholesky fails. Eigenvalues at or
+    below h' * eps * lambda_max are round-off of zero directions and are dropped (r = numerical rank);
+    dropping them changes any sigma^2 by at most that amount. Compute once per frozen head and reuse.
+    """
+    if head_weight.dim() != 2 or (head_bias is not None and head_bias.shape != head_weight.shape[:1]):
+        raise ValueError(f"expected a head weight (V, h) and bias (V,), got {tuple(head_weight.shape)} "
+                         f"and {None if head_bias is None else tuple(head_bias.shape)}")
+    dtype = _compute_dtype(head_weight)
+    width = head_weight.shape[1] + (head_bias is not None)
+    gram = torch.zeros(width, width, dtype=dtype, device=head_weight.device)
+    rows = max(1, CHUNK_ELEMENTS // width)
+    for start in range(0, head_weight.shape[0], rows):
+        blk = head_weight[start : start + rows].to(dtype)
+        if head_bias is not None:
+            blk = torch.cat([blk, head_bias[start : start + rows].to(dtype)[:, None]], dim=1)
+        gram.addmm_(blk.T, blk)
+    lam, vec = torch.linalg.eigh(gram.double())
+    keep = lam > width * torch.finfo(dtype).eps * lam[-1].clamp_min(_TINY)
+    return (vec[:, keep] * lam[keep].sqrt()).to(dtype)
+
+
+def svd_ratio_through_head(hidden_rows: torch.Tensor, head_weight: torch.Tensor | None = None,
+                           head_bias: torch.Tensor | None = None, k: int = 10, factor: torch.Tensor | None = None,
+                           method: str = "auto", oversample: int = 20, niter: int = 4,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`svd_ratio` of Z = hidden_rows @ W^T (+ b) without building Z (M, V) (SPEC 8.2).
+
+    ``hidden_rows`` (M, h): the frozen linear head's inputs at the scored rows (gradient flows to them);
+    ``head_weight`` (V, h) / ``head_bias`` (V,), or ``factor`` = :func:`head_gram_factor` of them (pass it
+    to avoid the V h^2 product each call). The value is exactly svd_ratio(Z) because Z and
+    [H | 1] L share their singular values; the gradient w.r.t. H is that of svd_ratio(Z) by the chain rule
+    through the constant L. The spectrum is taken by :func:`topk_singular_sum` on the (M, r) matrix with
+    ``method`` etc., so it keeps that function's stability (a detached basis, never a gradient through
+    eigh). The head gets no gradient: use it only when the head is frozen.
+    """
+    if factor is None:
+        if head_weight is None:
+            raise ValueError("svd_ratio_through_head needs head_weight or factor")
+        factor = head_gram_factor(head_weight, head_bias)
+    if hidden_rows.dim() != 2 or hidden_rows.shape[1] not in (factor.shape[0], factor.shape[0] - 1):
+        raise ValueError(f"hidden rows (M, h) do not fit the head factor: {tuple(hidden_rows.shape)} vs "
+                         f"{tuple(factor.shape)}")
+    h = hidden_rows.shape[1]
+    dtype = torch.promote_types(_compute_dtype(hidden_rows), factor.dtype)
+    y = hidden_rows.to(dtype) @ factor[:h].to(dtype)
+    if factor.shape[0] == h + 1:  # the bias row: [H | 1] L = H L[:h] + 1 L[h]
+        y = y + factor[h].to(dtype)
+    return svd_ratio(y, k=k, method=method, oversample=oversample, niter=niter, generator=generator)
+
+
 # ------------------------------------------------------------------------------------------- NLG (2.3)
 
 
@@ -367,13 +399,18 @@ def nlg_terms(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits
         raise ValueError(f"unknown NLG terms: {sorted(unknown)}")
     rows = gather_valid(student_logits, labels)
     out: dict[str, torch.Tensor] = {}
+    teacher_rows = None
     if "consistency" in terms:
         if teacher_logits is None:
             raise ValueError("the consistency term needs teacher_logits")
         teacher_rows = gather_valid(teacher_logits.detach(), labels)
-        out["consistency"] = kl_rows(rows, teacher_rows, temperature, chunk_size)
-    if "diversity" in terms:
-        out["diversity"] = -topk_entropy_rows(rows, top_k, chunk_size)
+    if teacher_rows is not None or "diversity" in terms:
+        kl, entropy = kl_entropy_rows(rows, teacher_rows, temperature,
+                                      top_k if "diversity" in terms else 0, chunk_size)
+        if teacher_rows is not None:
+            out["consistency"] = kl
+        if "diversity" in terms:
+            out["diversity"] = -entropy
     if "svd" in terms:
         out["svd"] = -svd_ratio(rows, k=k, method=svd_method, generator=generator)
     return out
