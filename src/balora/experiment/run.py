@@ -7,10 +7,16 @@ The run directory holds (all JSON/YAML written atomically):
 ``run_info.json`` (task, labels, timings, the NLU target the regularizers used), ``metrics.json``, a
 flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``,
 and for generation tasks ``generations_{val,test,ood}.jsonl`` (what the model wrote for each prompt).
+
+``--resume`` continues from the newest COMPLETE checkpoint (:mod:`balora.training.checkpoints`); on a
+finished run (``metrics.json`` present) it trains nothing and returns the stored metrics (exit code 0, so a
+script may resume every run of a grid). A full disk anywhere is one :class:`~balora.errors.DiskFullError`
+naming the file and the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -26,6 +32,7 @@ from ..errors import ConfigError, TrainingInterrupted
 from ..methods import adapt
 from ..models import load_model, resolve_model_dir
 from ..training import BALoRAConfig, BALoRATrainer
+from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
 from .callbacks import GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
@@ -57,9 +64,19 @@ def _prepare_output(settings: TrainSettings) -> Path:
 
 
 def _last_checkpoint(checkpoints: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint; incomplete ones (a crash mid-write) are skipped and removed."""
+    return last_complete_checkpoint(checkpoints)
 
-    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+def _end_of_training(checkpoint: str | None, total_steps: int) -> Any:
+    """The checkpoint's TrainerState when it already holds every step of the run, else None."""
+    from transformers import TrainerState
+
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state if state.global_step >= total_steps else None
+
 
 
 def _total_steps(settings: TrainSettings, train_rows: int) -> int:
@@ -137,7 +154,11 @@ def save_adapter_atomic(model: Any, folder: Path) -> None:
     """Write the adapter into a temporary sibling folder, then swap it in: never a half-written adapter."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # e.g. a full disk: no 0-byte adapter_config.json left behind
+        raise
     if folder.exists():
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -156,42 +177,74 @@ def run_training(settings: TrainSettings) -> dict[str, float]:
         return _run_training(settings)
 
 
+def _finished_run(out: Path) -> dict[str, float]:
+    """``--resume`` on a finished run: nothing to train; its metrics as they are (exit code 0)."""
+    try:
+        metrics = json.loads((out / METRICS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{out / METRICS_FILE} does not read ({exc}); use --overwrite to train the run again.") \
+            from exc
+    logger.info("%s already holds a finished run (%s): nothing to resume, nothing trained; --overwrite trains "
+                "it again", out, METRICS_FILE)
+    return metrics
+
+
+
+def _write_json(path: Path, data: Any, checkpoints: Path) -> None:
+    with reporting_disk_full(path, checkpoints):
+        write_json_atomic(path, data)
+
+
+
 def _run_training(settings: TrainSettings) -> dict[str, float]:
     started = time.perf_counter()
+    if settings.resume and (Path(settings.output) / METRICS_FILE).is_file():
+        return _finished_run(Path(settings.output))
     out = _prepare_output(settings)
-    write_yaml_atomic(out / "config.yaml", settings.to_dict())
+    checkpoints = out / "checkpoints"
+    with reporting_disk_full(out / "config.yaml", checkpoints):
+        write_yaml_atomic(out / "config.yaml", settings.to_dict())
     stopper = GracefulStop()
     with stopper.installed():  # a signal during set-up stops after the first step, with a checkpoint
         data = load_experiment_data(settings)
-        write_json_atomic(out / "noise_indices.json", data.noise_indices)
+        _write_json(out / "noise_indices.json", data.noise_indices, checkpoints)
         trainer, tokenizer = build_trainer(settings, data, out)
         trainer.add_callback(stopper)
-        resume_from = _last_checkpoint(out / "checkpoints") if settings.resume else None
+        resume_from = _last_checkpoint(checkpoints) if settings.resume else None
         if settings.resume and resume_from is None:
-            logger.info("no checkpoint in %s: starting from the beginning", out / "checkpoints")
-        trainer.train(resume_from_checkpoint=resume_from)
+            logger.info("no complete checkpoint in %s: starting from the beginning", checkpoints)
+        end = _end_of_training(resume_from, _total_steps(settings, data.train.num_rows))
+        if end is not None:  # Trainer.train would run one step past the end
+            logger.info("%s is the end of training (step %d): nothing left to train", resume_from, end.global_step)
+            trainer._load_from_checkpoint(resume_from)
+            trainer.state = end
+        else:
+            with reporting_disk_full(f"the training outputs in {out}", checkpoints):  # checkpoints name themselves
+                trainer.train(resume_from_checkpoint=resume_from)
     if stopper.signal_name is not None:
-        write_json_atomic(out / "log_history.json", trainer.state.log_history)
+        _write_json(out / "log_history.json", trainer.state.log_history, checkpoints)
         raise TrainingInterrupted(
             f"{stopper.signal_name}: stopped at step {trainer.state.global_step} with a checkpoint in "
-            f"{out / 'checkpoints'}; continue with --resume."
+            f"{checkpoints}; continue with --resume."
         )
-    write_json_atomic(out / "log_history.json", trainer.state.log_history)
-    save_adapter_atomic(trainer.model, out / "adapter")
-    metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings, data.num_labels,
-                                      out / "generations_val.jsonl"), "val_")
-    metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels,
-                                  out / "generations_test.jsonl"))
-    if data.ood is not None:
-        metrics.update(prefixed(evaluate_split(trainer, tokenizer, data.ood, data.task, settings, data.num_labels,
-                                               out / "generations_ood.jsonl"), "ood_"))
+    _write_json(out / "log_history.json", trainer.state.log_history, checkpoints)
+    with reporting_disk_full(out / "adapter", checkpoints):
+        save_adapter_atomic(trainer.model, out / "adapter")
+    with reporting_disk_full(f"the evaluation outputs in {out}", checkpoints):
+        metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings,
+                                          data.num_labels, out / "generations_val.jsonl"), "val_")
+        metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels,
+                                      out / "generations_test.jsonl"))
+        if data.ood is not None:
+            metrics.update(prefixed(evaluate_split(trainer, tokenizer, data.ood, data.task, settings,
+                                                   data.num_labels, out / "generations_ood.jsonl"), "ood_"))
     runtime = time.perf_counter() - started
     metrics["train_runtime_s"] = round(runtime, 2)
     info = {**trainer.balora_info, "task": data.task, "label_names": data.label_names,
             "train_rows": data.train.num_rows, "validation_rows": data.validation.num_rows,
             "test_rows": data.test.num_rows, "global_steps": trainer.state.global_step,
             "runtime_s": round(runtime, 2), "balora_version": __version__}
-    write_json_atomic(out / "adapter" / "balora_run.json", {"model": settings.model, **info})
-    write_json_atomic(out / "run_info.json", info)
-    write_json_atomic(out / METRICS_FILE, metrics)
+    _write_json(out / "adapter" / "balora_run.json", {"model": settings.model, **info}, checkpoints)
+    _write_json(out / "run_info.json", info, checkpoints)
+    _write_json(out / METRICS_FILE, metrics, checkpoints)
     return metrics

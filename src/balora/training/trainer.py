@@ -9,6 +9,7 @@ over the steps and the processes, in :meth:`log` (so they reach the progress bar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -166,11 +167,12 @@ class BALoRATrainer(Trainer):
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Checkpoints hold the raw adapter (and PiSSA's initial adapter), so a run resumes exactly;
         ``save_model`` outside checkpoints writes the shareable, converted form."""
+        from .checkpoints import complete_or_absent
+
         inner = self.accelerator.unwrap_model(self.model)
-        if isinstance(inner, BaloraPeftModelMixin):
-            with checkpoint_saving(inner):
-                return super()._save_checkpoint(model, trial)
-        return super()._save_checkpoint(model, trial)
+        saving = checkpoint_saving(inner) if isinstance(inner, BaloraPeftModelMixin) else contextlib.nullcontext()
+        with saving, complete_or_absent(self, trial):
+            super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """The Trainer loads every saved adapter, PiSSA's initial one included; the residual W_res
