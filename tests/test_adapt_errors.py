@@ -20,7 +20,7 @@ def _llama():
         ({"method": "lora", "r": 0}, "rank r must be an integer >= 1, got 0"),
         ({"method": "dual-lora", "r": 8, "r1": 3, "r2": 4}, "r1 + r2 == r, got r1=3 + r2=4 != r=8"),
         ({"method": "dual-lora", "r": 1}, "use r >= 2 or set r1 and r2"),
-        ({"method": "lora", "r1": 2}, "r1/r2 are options of 'dual-lora' only"),
+        ({"method": "lora", "r1": 2}, "r1 is an option of 'dual-lora' only, not of 'lora'"),
         ({"method": "lora", "target_modules": ["nonexistent_proj"]}, "matches no linear layer of LlamaForCausalLM"),
         ({"method": "pissa", "r": 64}, "rank r=64 is larger than layer"),
         ({"method": "full", "r1": 2}, "method 'full' takes no adapter options"),

@@ -10,7 +10,9 @@ from conftest import MODEL_KINDS
 from peft import PeftModel
 
 import balora
-from balora.methods import ADAPTER_METHODS, METHODS
+from balora.methods import METHODS, AdapterMethod, get_method
+
+ADAPTER_METHODS = tuple(m for m in METHODS if isinstance(get_method(m), AdapterMethod))
 
 STOCK_PEFT_METHODS = ("lora", "pissa", "ba-lora", "dora")
 

@@ -195,7 +195,7 @@ def test_missing_inputs_exit_2_with_a_message(tmp_path, balora_cli, capsys):
 
 
 def test_varying_metrics_are_not_settings():
-    from balora.plots.results import varying_settings
+    from balora.experiment.results import varying_settings
 
     rows = [{"cell": f"c{i}", "method": "lora", "seed": i, "label_noise": 0.2 * (i % 2), "accuracy": 0.5 + i / 10,
              "precision_class_0": 0.1 * i, "val_f1_macro": 0.3 + i / 7} for i in range(4)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import regularizers
 from .errors import BaloraError, ConfigError, DataError, ModelError, NonFiniteLossError
-from .methods import METHODS, adapt, set_training_step
+from .methods import METHODS, adapt, get_method, method_of, register_method, set_training_step
 from .persistence import load
 from .reference import as_pretrained
 
@@ -27,6 +27,9 @@ __all__ = [
     "NonFiniteLossError",
     "adapt",
     "as_pretrained",
+    "get_method",
+    "method_of",
+    "register_method",
     "load",
     "regularizers",
     "set_training_step",

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..methods import DEFAULT_PISSA_NITER, METHODS, PISSA_METHODS
+from ..methods import DEFAULT_PISSA_NITER, METHODS, get_method
 from .shapes import DTYPES, SHAPES, default_batch, default_dtype, scored_length
 from .worker import BENCH_METHODS, NAIVE_DUAL, BenchSpec, run_spec
 
 logger = logging.getLogger("balora")
+
+BASELINE = "lora"  #: the row every ratio is taken against
+BREAKDOWN_METHOD = "ba-lora"  #: the row whose step --breakdown splits into parts
 
 #: (warm-up steps, timed steps) by device: small on the CPU so the tiny shape runs in a minute or two.
 DEFAULT_STEPS = {"cpu": (2, 5), "cuda": (3, 10)}
@@ -49,7 +52,7 @@ def _check(methods: list[str], batch_size: int, seq_len: int, scored_fraction: f
         raise ConfigError(f"--scored-fraction {scored_fraction} scores fewer than 2 of {seq_len} tokens; raise it.")
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    if svd_init and not any(m in PISSA_METHODS for m in methods):
+    if svd_init and not any(_runs_svd(m) for m in methods):
         raise ConfigError("--svd-init times PiSSA's initialisation: include pissa or ba-lora in --methods.")
 
 
@@ -118,7 +121,7 @@ def run_benchmark(
                 base["steps"], "one process per method" if isolate else "in process")
     rows = []
     for method in chosen:
-        spec = BenchSpec(method=method, breakdown=breakdown and method == "ba-lora", **base)
+        spec = BenchSpec(method=method, breakdown=breakdown and method == BREAKDOWN_METHOD, **base)
         row = _run(spec, isolate)
         rows.append(row)
         if "error" in row:
@@ -130,10 +133,15 @@ def run_benchmark(
         logger.info("bench: timing PiSSA initialisation (exact SVD, pissa_niter_%d)", svd_niter)
         timing = _run(BenchSpec(method="pissa", task="svd-init", **base), isolate)
         for row in rows:
-            if row["method"] in PISSA_METHODS:
+            if _runs_svd(row["method"]):
                 row["svd_init"] = timing
     add_ratios(rows)
     return rows
+
+
+def _runs_svd(method: str) -> bool:
+    """Whether ``method`` (a registered method, or a bench-only variant) initialises through an SVD."""
+    return method in METHODS and "pissa_niter" in get_method(method).reads
 
 
 def _run(spec: BenchSpec, isolate: bool) -> dict[str, Any]:
@@ -175,7 +183,7 @@ def _failed(method: str, error: str) -> dict[str, Any]:
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Time and memory as ratios to the ``lora`` row of the same run; fill the breakdown's shares."""
-    lora = next((r for r in rows if r["method"] == "lora" and "error" not in r), None)
+    lora = next((r for r in rows if r["method"] == BASELINE and "error" not in r), None)
     for row in rows:
         if "error" in row:
             continue

@@ -30,7 +30,8 @@ from ..methods import DEFAULT_PISSA_NITER, METHODS
 from .memory import MemoryMeter
 from .shapes import build_model, make_batch, model_config
 
-NAIVE_DUAL = "dual-lora-naive"
+DUAL = "dual-lora"
+NAIVE_DUAL = f"{DUAL}-naive"  # Dual LoRA through the direct formula (dense ΔW kept for backward)
 BENCH_METHODS: tuple[str, ...] = (*METHODS, NAIVE_DUAL)
 
 
@@ -117,10 +118,12 @@ def naive_dual_lora() -> Iterator[None]:
 def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Module:
     """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model)."""
     from .. import adapt
+    from ..methods import AdapterMethod, get_method
 
-    if method == "full":
-        return adapt(model, method="full")
-    return adapt(model, method="dual-lora" if method == NAIVE_DUAL else method, r=rank, **options)
+    name = DUAL if method == NAIVE_DUAL else method
+    if not isinstance(get_method(name), AdapterMethod):
+        return adapt(model, method=name)
+    return adapt(model, method=name, r=rank, **options)
 
 
 def build_trainer(model: nn.Module, spec: BenchSpec, output_dir: str) -> Any:
@@ -135,7 +138,7 @@ def build_trainer(model: nn.Module, spec: BenchSpec, output_dir: str) -> Any:
         max_steps=total, learning_rate=1e-4, save_strategy="no", logging_strategy="no", disable_tqdm=True,
         seed=spec.seed,
     )
-    preset = "paper" if spec.method == "ba-lora" else "none"
+    preset = "auto"  # each method's default: the paper's weights for ba-lora, none for the others
     trainer = BALoRATrainer(model=model, args=args, balora_config=BALoRAConfig(preset=preset))
     trainer.create_optimizer_and_scheduler(num_training_steps=total)
     trainer.state.max_steps = total
@@ -224,7 +227,7 @@ def measure_method(spec: BenchSpec) -> dict[str, Any]:
             "fresh_process": spec.fresh_process,
             "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         }
-        if spec.breakdown and spec.method == "ba-lora":
+        if spec.breakdown:
             from .breakdown import balora_breakdown
 
             row["breakdown"] = balora_breakdown(trainer, model, inputs, device, max(3, spec.steps))

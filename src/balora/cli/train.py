@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import types
-import typing
 
+from ..errors import ConfigError
+from ..experiment.schema import Option, options, parse_value
 from ..experiment.settings import TrainSettings
 from .common import add_config_option
 
@@ -21,31 +21,45 @@ EXAMPLES = """examples:
 """
 
 
-def _base_type(annotation: str) -> type:
-    hint = eval(annotation, {"typing": typing})  # annotations are postponed strings of builtins
-    if isinstance(hint, types.UnionType):
-        hint = next(a for a in hint.__args__ if a is not type(None))
-    return hint
+def _parser_type(opt: Option):
+    """argparse ``type=``: the schema's parser, its one-line message as argparse's."""
+    def parse(text: str):
+        try:
+            return parse_value(opt, text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{opt.flag}: ")) from None
+
+    parse.__name__ = opt.type.__name__
+    return parse
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per :class:`TrainSettings` field, with its help text."""
-    for f in dataclasses.fields(TrainSettings):
-        if f.name in skip:
+def add_settings_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                           skip: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per :class:`TrainSettings` option (groups flattened), with its help text."""
+    groups: dict[str | None, argparse._ArgumentGroup] = {
+        None: parser, "adapter": parser.add_argument_group("adapter options"),
+        "regularizers": parser.add_argument_group("regularizer options (BA-LoRA; any method with a weight)"),
+    } if only is None else {}
+    for opt in options(TrainSettings):
+        if opt.name in skip or (only is not None and opt.name not in only):
             continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(f.type)
-        meta = f.metadata
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=meta["help"])
+        target = groups.get(opt.group, parser)
+        if opt.type is bool:
+            target.add_argument(opt.flag, action="store_true", default=opt.default, help=opt.help)
             continue
-        parser.add_argument(flag, type=kind, default=f.default, choices=meta.get("choices"),
-                            required=meta.get("required", False), help=meta["help"])
+        metavar = "{" + ",".join(map(str, opt.choices)) + "}" if opt.choices else None
+        required = opt.field.metadata.get("required", False)
+        target.add_argument(opt.flag, type=_parser_type(opt), default=None if required else _default(opt),
+                            metavar=metavar, required=required, help=opt.help)
+
+
+def _default(opt: Option):
+    return opt.field.default_factory() if opt.default is dataclasses.MISSING else opt.default
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
-    names = {f.name for f in dataclasses.fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in vars(args).items() if k in names})
+    names = {opt.name for opt in options(TrainSettings)}
+    return TrainSettings.from_dict({k: v for k, v in vars(args).items() if k in names})
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

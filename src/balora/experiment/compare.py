@@ -13,13 +13,17 @@ import itertools
 import json
 import logging
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..atomic import LOCK_NAME, FolderLock, write_json_atomic, write_text_atomic
 from ..errors import BaloraError, ConfigError, TrainingInterrupted
+from ..methods import get_method
+from ..training import PRESETS
+from .results import summarize
 from .run import METRICS_FILE, run_training
+from .schema import option, options, parse_value
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -36,22 +40,16 @@ class Cell:
 def parse_grid(entries: list[str] | None) -> dict[str, list[Any]]:
     """``["label_noise=0,0.2", "rank=4,8"]`` -> {"label_noise": [0.0, 0.2], "rank": [4, 8]} (typed)."""
     grid: dict[str, list[Any]] = {}
-    fields = TrainSettings.__dataclass_fields__
     for entry in entries or []:
         key, sep, values = entry.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not values:
             raise ConfigError(f"grid entry {entry!r} must look like KEY=V1,V2.")
-        if key not in fields or key in ("method", "seed", "output", "resume", "overwrite"):
+        if key in ("method", "seed", "output", "resume", "overwrite"):
             raise ConfigError(f"grid key {key!r} is not a setting that can vary (methods and seeds have their "
                               "own options).")
-        kind = {"float": float, "int": int, "str": str}
-        base = str(fields[key].type).split("|")[0].strip()
-        cast = kind.get(base, str)
-        try:
-            grid[key] = [None if v.strip() in ("none", "None") else cast(v.strip()) for v in values.split(",")]
-        except ValueError as exc:
-            raise ConfigError(f"grid entry {entry!r}: {exc}") from exc
+        opt = option(TrainSettings, key)
+        grid[key] = [parse_value(opt, v.strip()) for v in values.split(",")]
     return grid
 
 
@@ -82,14 +80,14 @@ def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str
     failed: list[str] = []
     for index, cell in enumerate(cells, 1):
         folder = output / "cells" / cell.name
-        settings = replace(base, method=cell.method, seed=cell.seed, output=str(folder), resume=False,
-                           overwrite=False, **cell.setting)
+        settings = base.replaced(method=cell.method, seed=cell.seed, output=str(folder), resume=False,
+                                 overwrite=False, **cell.setting)
         if (folder / METRICS_FILE).is_file():
             _check_same_settings(folder, settings)
             logger.info("[%d/%d] %s: finished before, skipped", index, len(cells), cell.name)
             continue
         resume = folder.exists() and any(p.name != LOCK_NAME for p in folder.iterdir())
-        settings = replace(settings, resume=resume)
+        settings = settings.replaced(resume=resume)
         logger.info("[%d/%d] %s%s", index, len(cells), cell.name, " (resuming)" if resume else "")
         try:
             run_training(settings)
@@ -103,9 +101,15 @@ def _run_cells(base: TrainSettings, cells: list[Cell], output: Path) -> list[str
 
 
 _RUN_CONTROL = ("output", "resume", "overwrite")
-# settings that only the listed methods read: a difference elsewhere does not change the run
-_METHOD_ONLY = {"r1": ("dual-lora",), "r2": ("dual-lora",), "dual_warmup_steps": ("dual-lora",),
-                "pissa_niter": ("pissa", "ba-lora"), "auto_preset": ("ba-lora",)}
+
+
+def _unread_settings(settings: TrainSettings) -> set[str]:
+    """Settings the run's method does not read: a difference there does not change the run."""
+    method = get_method(settings.method)
+    unread = {o.name for o in options(TrainSettings) if o.group == "adapter" and o.name not in method.reads}
+    if len({method.default_preset(p) for p in PRESETS[:2]}) == 1:  # 'auto' does not depend on auto_preset
+        unread.add("auto_preset")
+    return unread
 
 
 def _check_same_settings(folder: Path, settings: TrainSettings) -> None:
@@ -117,7 +121,7 @@ def _check_same_settings(folder: Path, settings: TrainSettings) -> None:
         return
     saved = yaml.safe_load(config.read_text()) or {}
     wanted = settings.to_dict()
-    ignored = set(_RUN_CONTROL) | {k for k, methods in _METHOD_ONLY.items() if settings.method not in methods}
+    ignored = set(_RUN_CONTROL) | _unread_settings(settings)
     changed = [k for k in wanted if k not in ignored and k in saved and saved[k] != wanted[k]]
     if changed:
         details = ", ".join(f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in changed[:4])
@@ -139,8 +143,6 @@ def collect_results(output: Path, cells: list[Cell]) -> list[dict[str, Any]]:
 
 def summary_rows(rows: list[dict[str, Any]], metric: str, by: list[str]) -> list[dict[str, Any]]:
     """Mean, sample std and count of ``metric`` per group of ``by`` columns (see :func:`balora.plots.summarize`)."""
-    from ..plots import summarize
-
     if not rows or not any(metric in row for row in rows):
         return []
     groups = summarize(rows, metric, by=by)

@@ -1,4 +1,4 @@
-"""Reading ``balora compare`` results and summarizing a metric over seeds."""
+"""Reading ``balora compare`` results and summarizing a metric over seeds (tables and figures both use it)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import DataError
+from .schema import options
+from .settings import TrainSettings
 
 IDENTITY_COLUMNS = ("cell", "method", "seed")
 _METRIC_NAMES = {
@@ -122,11 +124,7 @@ def varying_settings(rows: Rows, exclude: Sequence[str] = ()) -> list[str]:
     A column is a setting only if it names a training option: metrics that vary from run to run
     (``precision_class_0``, ``val_f1_macro``, ...) never split the groups.
     """
-    from dataclasses import fields
-
-    from ..experiment.settings import TrainSettings
-
-    settings = {f.name for f in fields(TrainSettings)}
+    settings = {opt.name for opt in options(TrainSettings)}
     out = []
     for name in columns(rows):
         if name in IDENTITY_COLUMNS or name in exclude or name not in settings:

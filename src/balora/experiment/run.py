@@ -29,9 +29,9 @@ import torch
 from .. import __version__
 from ..atomic import LOCK_NAME, FolderLock, write_json_atomic, write_yaml_atomic
 from ..errors import ConfigError, TrainingInterrupted
-from ..methods import adapt
+from ..methods import adapt, get_method
 from ..models import load_model, resolve_model_dir
-from ..training import BALoRAConfig, BALoRATrainer
+from ..training import BALoRATrainer
 from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
 from .callbacks import GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
@@ -78,7 +78,6 @@ def _end_of_training(checkpoint: str | None, total_steps: int) -> Any:
     return state if state.global_step >= total_steps else None
 
 
-
 def _total_steps(settings: TrainSettings, train_rows: int) -> int:
     """Optimizer steps of the run (single process), as the Trainer will count them."""
     if settings.max_steps:
@@ -95,19 +94,8 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
     model, tokenizer = load_model(settings.model, model_task(data.task), num_labels=data.num_labels or None,
                                   label_names=data.label_names, dtype=dtype,
                                   trust_remote_code=settings.trust_remote_code)
-    options: dict[str, Any] = {}
-    if settings.method != "full":
-        targets = settings.target_modules
-        options = {
-            "r": settings.rank, "lora_alpha": settings.lora_alpha,
-            "target_modules": targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            "pissa_niter": settings.pissa_niter or None,
-        }
-        if settings.method == "dual-lora":
-            warmup = settings.dual_warmup_steps
-            if warmup is None:
-                warmup = min(100, max(1, round(0.1 * _total_steps(settings, data.train.num_rows))))
-            options.update(r1=settings.r1, r2=settings.r2, warmup_steps=warmup)
+    method = get_method(settings.method)
+    options = method.adapt_kwargs(settings.adapter, _total_steps(settings, data.train.num_rows))
     started = time.perf_counter()
     model = adapt(model, method=settings.method, **options)
     init_s = time.perf_counter() - started
@@ -134,10 +122,6 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    config = BALoRAConfig(
-        preset=settings.preset, auto_preset=settings.auto_preset, consistency_weight=settings.consistency_weight,
-        diversity_weight=settings.diversity_weight, svd_weight=settings.svd_weight, nlu_target=settings.nlu_target,
-    )
     callbacks = []
     if settings.representation_checkpoints and data.task in NLU_TASKS:
         reps = tokenize(data.validation, tokenizer, data.task, settings)
@@ -145,7 +129,7 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
                                                 settings.representation_checkpoints))
     trainer = BALoRATrainer(model=model, args=args, train_dataset=train_set,
                             data_collator=collator(tokenizer, data.task), processing_class=tokenizer,
-                            balora_config=config, callbacks=callbacks)
+                            balora_config=settings.regularizers, callbacks=callbacks)
     trainer.balora_info["adapter_init_s"] = round(init_s, 3)
     return trainer, tokenizer
 
@@ -189,11 +173,9 @@ def _finished_run(out: Path) -> dict[str, float]:
     return metrics
 
 
-
 def _write_json(path: Path, data: Any, checkpoints: Path) -> None:
     with reporting_disk_full(path, checkpoints):
         write_json_atomic(path, data)
-
 
 
 def _run_training(settings: TrainSettings) -> dict[str, float]:

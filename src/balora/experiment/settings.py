@@ -6,11 +6,13 @@ Each field's metadata gives the command-line help; ``cli/train.py`` builds its p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
-from ..methods import METHODS
+from ..methods import AdapterOptions, get_method, method_names
+from ..training import BALoRAConfig
+from .schema import flatten, unflatten
 
 TASKS = ("auto", "classification", "regression", "sft", "code")
 
@@ -27,7 +29,7 @@ class TrainSettings:
     dataset: str = _opt(None, "packaged data set (boolq, tweets, gsm-symbolic, humaneval) or a local "
                               "csv/json/jsonl/parquet file or saved datasets folder", required=True)
     output: str = _opt(None, "run directory (adapter, config.yaml, logs, metrics.json)", required=True)
-    method: str = _opt("ba-lora", "adaptation method", choices=METHODS)
+    method: str = _opt("ba-lora", "adaptation method", choices=method_names())
     eval_dataset: str | None = _opt(None, "evaluate on this data set instead of the held-out test split")
     ood_dataset: str | None = _opt(None, "also evaluate, without training on it, on this out-of-domain data set "
                                          "with the same labels (reported as ood_*)")
@@ -35,22 +37,6 @@ class TrainSettings:
                              "or auto (from the data set)", choices=TASKS)
     epochs: float = _opt(1.0, "training epochs (ignored when --max-steps is given)")
     max_steps: int | None = _opt(None, "training steps (overrides --epochs)")
-    rank: int = _opt(16, "adapter rank r (dual-lora: r1 + r2 = r)")
-    lora_alpha: float | None = _opt(None, "adapter alpha (default: r, i.e. scale 1)")
-    target_modules: str = _opt("all-linear", "comma-separated module names, or all-linear")
-    r1: int | None = _opt(None, "dual-lora magnitude rank (default r/2)")
-    r2: int | None = _opt(None, "dual-lora direction rank (default r - r1)")
-    dual_warmup_steps: int | None = _opt(None, "dual-lora warm-up steps of the update factor (default: 10%% of "
-                                                  "the training steps, at most 100)")
-    pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
-    preset: str = _opt("auto", "regularizer weights: auto (paper for ba-lora, none otherwise), paper, official, "
-                               "none", choices=("auto", "paper", "official", "none"))
-    auto_preset: str = _opt("paper", "the preset that --preset auto gives ba-lora (other methods get none)",
-                            choices=("paper", "official"))
-    consistency_weight: float | None = _opt(None, "override λ1 (0 turns the consistency term off)")
-    diversity_weight: float | None = _opt(None, "override λ2 (0 turns the diversity term off)")
-    svd_weight: float | None = _opt(None, "override λ3 (0 turns the SVD term off)")
-    nlu_target: str = _opt("auto", "matrix of the NLU diversity/SVD terms", choices=("auto", "logits", "pooled"))
     label_noise: float = _opt(0.0, "symmetric label noise rate injected into the training split (0..1)")
     imbalance_ratio: float | None = _opt(None, "subsample the training split to this majority:minority ratio")
     train_size: int | None = _opt(None, "use at most this many training rows (seeded subsample)")
@@ -81,19 +67,18 @@ class TrainSettings:
     resume: bool = _opt(False, "continue from the last checkpoint in OUTPUT")
     overwrite: bool = _opt(False, "replace a finished run in OUTPUT")
     trust_remote_code: bool = _opt(False, "allow a model directory's own Python code to run")
+    adapter: AdapterOptions = field(default_factory=AdapterOptions, metadata={"group": True})
+    regularizers: BALoRAConfig = field(default_factory=BALoRAConfig, metadata={"group": True})
 
     def __post_init__(self) -> None:
         for name in ("model", "dataset", "output"):
             if not getattr(self, name):
                 raise ConfigError(f"--{name.replace('_', '-')} is required.")
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        method = get_method(self.method)
         if not 0.0 <= self.label_noise <= 1.0:
             raise ConfigError(f"--label-noise must be between 0 and 1, got {self.label_noise}.")
         if self.imbalance_ratio is not None and self.imbalance_ratio < 1:
             raise ConfigError(f"--imbalance-ratio must be >= 1, got {self.imbalance_ratio}.")
-        if self.rank < 1:
-            raise ConfigError(f"--rank must be >= 1, got {self.rank}.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {self.max_steps}.")
         if self.max_steps is None and self.epochs <= 0:
@@ -112,25 +97,28 @@ class TrainSettings:
             raise ConfigError("--validation-fraction plus --test-fraction must leave data to train on.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one.")
-        if self.method != "dual-lora" and (self.r1 is not None or self.r2 is not None):
-            raise ConfigError("--r1/--r2 are options of --method dual-lora only.")
-        regularized = any(w for w in (self.consistency_weight, self.diversity_weight, self.svd_weight))
-        if self.preset == "none" and regularized:
-            raise ConfigError("--preset none contradicts a non-zero regularizer weight; drop one of them.")
+        unread = [name for name in ("r1", "r2", "dual_warmup_steps")
+                  if getattr(self.adapter, name) is not None and name not in method.reads]
+        if unread:
+            readers = [name for name in method_names() if unread[0] in get_method(name).reads]
+            raise ConfigError(f"--{unread[0].replace('_', '-')} is an option of --method {'/'.join(readers)} only, "
+                              f"not of {self.method}.")
 
     @property
     def default_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 3e-5 if self.method == "full" else 5e-4
+        return get_method(self.method).default_learning_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """One flat mapping of every option (the ``config.yaml`` of a run)."""
+        return flatten(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(known))}.")
-        return cls(**values)
+        """From one flat mapping (a YAML file, command-line options); unknown keys are an error."""
+        return unflatten(cls, values)
+
+    def replaced(self, **values: Any) -> TrainSettings:
+        """A copy with some options changed (flat names), validated again."""
+        return unflatten(TrainSettings, {**self.to_dict(), **values})

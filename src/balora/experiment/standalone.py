@@ -35,9 +35,9 @@ def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = 
         raise ModelError(f"adapter directory {adapter!r} does not exist.")
     run_file = adapter_dir / "balora_run.json" if adapter_dir is not None else None
     run_info: dict[str, Any] = json.loads(run_file.read_text()) if run_file and run_file.is_file() else {}
-    settings = TrainSettings(model=model, dataset=dataset, output=tempfile.gettempdir(), task=task,
+    settings = TrainSettings.from_dict(dict(model=model, dataset=dataset, output=tempfile.gettempdir(), task=task,
                              eval_size=eval_size, generate_size=generate_size, max_new_tokens=max_new_tokens,
-                             max_length=max_length, eval_batch_size=batch_size, data_seed=data_seed)
+                             max_length=max_length, eval_batch_size=batch_size, data_seed=data_seed))
     data = load_dataset_any(dataset, seed=data_seed)
     if task == "auto":
         task = run_info.get("task") or infer_task(settings, data.column_names)

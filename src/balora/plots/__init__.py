@@ -5,8 +5,8 @@ matplotlib and scikit-learn are imported inside the functions, so importing this
 
 from __future__ import annotations
 
+from ..experiment.results import Summary, load_results, metric_columns, summarize, varying_settings
 from .compare import plot_bars, plot_metric_vs
-from .results import Summary, load_results, metric_columns, summarize, varying_settings
 from .run import load_log_history, load_representations, plot_curves, plot_tsne, regularizer_terms, subsample
 
 __all__ = [

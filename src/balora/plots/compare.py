@@ -7,8 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..experiment.results import (
+    Summary,
+    as_float,
+    load_results,
+    require_column,
+    require_metric,
+    summarize,
+    varying_settings,
+)
 from ._common import color_map, method_order, new_figure, save
-from .results import Summary, as_float, load_results, require_column, require_metric, summarize, varying_settings
 
 AXIS_LABELS = {
     "label_noise": "label noise rate", "rank": "LoRA rank r", "imbalance_ratio": "imbalance ratio",

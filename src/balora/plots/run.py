@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..experiment.results import as_float
 from ._common import new_figure, require_dir, run_title, save
-from .results import as_float
 
 TERM_ORDER = ("consistency", "diversity", "svd")
 _STEP_FILE = re.compile(r"^step_(\d+)\.safetensors$")

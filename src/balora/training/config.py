@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from ..errors import ConfigError
+from ..methods import Method
 from .weights import PRESETS, WeightSchedule, make_schedule
 
 
@@ -14,28 +16,35 @@ class BALoRAConfig:
 
     preset: str = field(
         default="auto",
-        metadata={"help": "Regularizer weights: 'paper', 'official', 'none', or 'auto' (paper for ba-lora, "
-                          "none for every other method)."},
+        metadata={"help": "regularizer weights: paper, official, none, or auto (the method's default: the "
+                          "auto_preset for ba-lora, none for every other method)",
+                  "choices": ("auto", *PRESETS)},
     )
     auto_preset: str = field(
-        default="paper", metadata={"help": "The preset that 'auto' gives ba-lora: 'paper' or 'official'."}
+        default="paper", metadata={"help": "the preset that 'auto' gives ba-lora (other methods get none)",
+                                   "choices": PRESETS[:2]}
     )
-    consistency_weight: float | None = field(default=None, metadata={"help": "Override λ1 (0 turns L_CR off)."})
-    diversity_weight: float | None = field(default=None, metadata={"help": "Override λ2 (0 turns L_DR off)."})
-    svd_weight: float | None = field(default=None, metadata={"help": "Override λ3 (0 turns L_SVDR off)."})
-    temperature: float = field(default=2.0, metadata={"help": "Temperature T of the NLG consistency KL."})
-    top_k: int = field(default=20, metadata={"help": "K of the NLG top-K entropy (diversity) term."})
-    nlu_svd_k: int = field(default=5, metadata={"help": "k of the NLU SVD term."})
-    nlg_svd_k: int = field(default=10, metadata={"help": "k of the NLG SVD term."})
+    consistency_weight: float | None = field(
+        default=None, metadata={"help": "override λ1 (0 turns the consistency term off)"})
+    diversity_weight: float | None = field(
+        default=None, metadata={"help": "override λ2 (0 turns the diversity term off)"})
+    svd_weight: float | None = field(default=None, metadata={"help": "override λ3 (0 turns the SVD term off)"})
+    temperature: float = field(default=2.0, metadata={"help": "temperature T of the NLG consistency KL"})
+    top_k: int = field(default=20, metadata={"help": "K of the NLG top-K entropy (diversity) term"})
+    nlu_svd_k: int = field(default=5, metadata={"help": "k of the NLU SVD term"})
+    nlg_svd_k: int = field(default=10, metadata={"help": "k of the NLG SVD term"})
     nlu_target: str = field(
         default="auto",
-        metadata={"help": "Matrix Z of the NLU diversity and SVD terms: 'logits', 'pooled' (what the head "
-                          "reads), or 'auto' (logits when C > nlu_svd_k, else pooled; SPEC 2.2)."},
+        metadata={"help": "matrix Z of the NLU diversity and SVD terms: logits, pooled (what the head reads), "
+                          "or auto (logits when there are more classes than nlu_svd_k, else pooled)",
+                  "choices": ("auto", "logits", "pooled")},
     )
     svd_method: str = field(
-        default="auto", metadata={"help": "NLG SVD: 'exact', 'randomized' or 'auto' (randomized when large)."}
+        default="auto", metadata={"help": "how the NLG SVD term is computed: exact, randomized, or auto",
+                                  "choices": ("auto", "exact", "randomized")}
     )
-    task: str = field(default="auto", metadata={"help": "'nlu', 'nlg', or 'auto' (from the model class)."})
+    task: str = field(default="auto", metadata={"help": "nlu, nlg, or auto (from the model class)",
+                                                "choices": ("auto", "nlu", "nlg")})
 
     def __post_init__(self) -> None:
         if self.preset not in (*PRESETS, "auto"):
@@ -53,11 +62,16 @@ class BALoRAConfig:
         for name in ("top_k", "nlu_svd_k", "nlg_svd_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("consistency_weight", "diversity_weight", "svd_weight"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}.")
+        if self.preset == "none" and any((self.consistency_weight, self.diversity_weight, self.svd_weight)):
+            raise ConfigError("preset 'none' contradicts a non-zero regularizer weight; drop one of them.")
 
-    def schedule(self, method: str, task: str) -> WeightSchedule:
-        preset = self.preset
-        if preset == "auto":
-            preset = self.auto_preset if method == "ba-lora" else "none"
+    def schedule(self, method: Method, task: str) -> WeightSchedule:
+        """The weights for a model trained with ``method`` on ``task`` ('nlu' or 'nlg')."""
+        preset = method.default_preset(self.auto_preset) if self.preset == "auto" else self.preset
         overrides = {
             "consistency": self.consistency_weight,
             "diversity": self.diversity_weight,

@@ -24,18 +24,6 @@ logger = logging.getLogger("balora")
 HEAD_NAMES = ("classifier", "score")
 
 
-def task_of(model: nn.Module) -> str:
-    """'nlu' for sequence classification/regression heads, 'nlg' for causal LMs."""
-    inner = getattr(model, "module", model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    name = type(base).__name__
-    if name.endswith("ForSequenceClassification"):
-        return "nlu"
-    if name.endswith("ForCausalLM"):
-        return "nlg"
-    raise ValueError(f"BA-LoRA terms need a *ForSequenceClassification or *ForCausalLM model, got {name}.")
-
-
 def find_head(model: nn.Module) -> tuple[str, nn.Module]:
     """(name, module) of the classification head (peft's wrapper when trained); it reads the pooled vector."""
     candidates = [(name, module) for name, module in model.named_modules()

@@ -9,7 +9,6 @@ over the steps and the processes, in :meth:`log` (so they reach the progress bar
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any
@@ -19,9 +18,8 @@ import torch.nn as nn
 from transformers import Trainer
 
 from ..errors import NonFiniteLossError
-from ..methods import PISSA_METHODS, method_of
-from ..persistence import BaloraPeftModelMixin, checkpoint_saving, keeping_pissa_residual
-from ..reference import has_full_reference, snapshot_full_reference
+from ..methods import method_of
+from ..model_kind import regularizer_task
 from .callbacks import DualLoraWarmupCallback
 from .config import BALoRAConfig
 from .terms import (
@@ -32,7 +30,6 @@ from .terms import (
     nlu_terms,
     pooled_from_head_input,
     reference_outputs,
-    task_of,
 )
 from .weights import TERMS
 
@@ -53,17 +50,17 @@ class BALoRATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.balora_config = balora_config or BALoRAConfig()
         self.balora_method = method_of(self.model)
-        self.balora_task = task_of(self.model) if self.balora_config.task == "auto" else self.balora_config.task
+        self.balora_task = regularizer_task(self.model) if self.balora_config.task == "auto" else \
+            self.balora_config.task
         self.weight_schedule = self.balora_config.schedule(self.balora_method, self.balora_task)
-        self.balora_info: dict[str, Any] = {"method": self.balora_method, "task": self.balora_task}
+        self.balora_info: dict[str, Any] = {"method": self.balora_method.name, "task": self.balora_task}
         self._term_log: dict[str, tuple[torch.Tensor, int]] = {}
         self._head: nn.Module | None = None
         self._head_pools_last_token = False
         self._nlu_target: str | None = None
-        needs_snapshot = self.weight_schedule.consistency > 0 and self.balora_method == "full"
-        if needs_snapshot and not has_full_reference(self.model):
-            logger.info("full fine-tuning with L_CR: keeping a copy of the initial weights as the reference")
-            snapshot_full_reference(self.model)
+        self._writing_checkpoint = False
+        if self.weight_schedule.consistency > 0:
+            self.balora_method.prepare_reference(self.model)
         if self.balora_task == "nlu" and self.weight_schedule.any_active:
             self._setup_nlu_target()
         self.add_callback(DualLoraWarmupCallback())
@@ -165,24 +162,37 @@ class BALoRATrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """Checkpoints hold the raw adapter (and PiSSA's initial adapter), so a run resumes exactly;
-        ``save_model`` outside checkpoints writes the shareable, converted form."""
+        """Checkpoints hold the method's raw, resumable state (:meth:`Method.save_checkpoint`), so a run
+        resumes exactly; ``save_model`` outside checkpoints writes the shareable export. Each checkpoint
+        ends complete (sealed) or absent, and a full disk is a DiskFullError (:mod:`.checkpoints`)."""
         from .checkpoints import complete_or_absent
 
-        inner = self.accelerator.unwrap_model(self.model)
-        saving = checkpoint_saving(inner) if isinstance(inner, BaloraPeftModelMixin) else contextlib.nullcontext()
-        with saving, complete_or_absent(self, trial):
-            super()._save_checkpoint(model, trial)
+        self._writing_checkpoint = True
+        try:
+            with complete_or_absent(self, trial):
+                super()._save_checkpoint(model, trial)
+        finally:
+            self._writing_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self._writing_checkpoint:
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+        inner = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        self.balora_method.save_checkpoint(inner, output_dir, state_dict=state_dict,
+                                           is_main_process=self.args.should_save)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        """The Trainer loads every saved adapter, PiSSA's initial one included; the residual W_res
-        follows the loaded initial adapter, so a re-run SVD that came out differently changes nothing."""
+        """The Trainer loads every saved adapter, PiSSA's initial one included, inside the method's
+        :meth:`~balora.methods.Method.resuming` (PiSSA: W_res follows the loaded initial adapter)."""
         inner = self.accelerator.unwrap_model(model or self.model)
-        if self.balora_method not in PISSA_METHODS:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        with keeping_pissa_residual(inner):
+        with self.balora_method.resuming(inner):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-        return None
 
     # ------------------------------------------------------------------ logging
 
