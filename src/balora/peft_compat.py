@@ -8,7 +8,10 @@ fits and a test in ``tests/test_peft_compat.py`` that fails loudly when a peft r
   an optimizer, DDP or FSDP has already seen; the reference forward must change the routing only.
 - :func:`targeted_linears`: the layers a ``LoraConfig`` would target, found the way peft finds them
   (``"all-linear"`` expansion, regex and suffix matching), before any layer is replaced.
-- :func:`register_lora_layer`: peft's variant hook for a custom LoRA ``Linear`` (Dual LoRA).
+- :func:`register_lora_layer`: peft's hook for a custom LoRA layer class (Dual LoRA's ``Linear``), the
+  route peft's own docs give for custom modules (a private method of ``LoraConfig``).
+- :class:`BufferDict`: peft's dict of per-adapter buffers (Dual LoRA's warm-up factor), which peft's
+  state-dict, device and dtype handling already knows.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from collections.abc import Iterator
 
 import torch.nn as nn
 from peft import LoraConfig
+from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
 from peft.utils.other import AuxiliaryTrainingWrapper
+
+__all__ = ["BufferDict", "register_lora_layer", "routed_to_adapter", "targeted_linears"]
 
 
 def _routable_layers(model: nn.Module) -> list[nn.Module]:

@@ -2,17 +2,17 @@
 
 peft selects a LoRA layer variant from config fields tagged ``is_lora_variant``; ``use_dual_lora`` is
 such a field, and :class:`~balora.dual_lora.layer.DualLoraLinear` maps it to the Dual LoRA variant.
-The custom layer class is registered for ``nn.Linear`` through peft's ``_register_custom_module``.
+The custom layer class is registered for ``nn.Linear`` through :func:`balora.peft_compat.register_lora_layer`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn as nn
 from peft import LoraConfig
 
 from ..errors import ConfigError
+from ..peft_compat import register_lora_layer
 
 
 @dataclass
@@ -61,7 +61,7 @@ class DualLoraConfig(LoraConfig):
             raise ConfigError("dual-lora cannot be combined with use_dora.")
         from .layer import DualLoraLinear
 
-        self._register_custom_module({nn.Linear: DualLoraLinear})
+        register_lora_layer(self, DualLoraLinear)
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """Write no ``adapter_config.json``: stock peft cannot load Dual LoRA and must not try.

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.tuners.lora.layer import LoraVariant
 
+from ..peft_compat import BufferDict
 from . import functional
 
 
