@@ -201,12 +201,12 @@ def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: Scor
         teacher = reference.logits if want_kl else None
         if want_kl and teacher is None:
             raise ValueError("the student has logits rows but the reference has hidden rows only")
-        rows = R.rows_per_chunk(chunk_size, width)
+        rows = R.rows_per_chunk(chunk_size, width, student.logits.device)
         ce, kl, ent = row_term_sums(student.logits, rows, targets=student.targets, teacher=teacher,
                                     temperature=temperature, top_k=k_top)
     else:
         width = head.weight.shape[0]
-        rows = R.rows_per_chunk(chunk_size, width)
+        rows = R.rows_per_chunk(chunk_size, width, student.hidden.device)
         ce, kl, ent = head_row_term_sums(student.hidden, head.weight, head.bias, rows, targets=student.targets,
                                          teacher_hidden=reference.hidden if want_kl else None,
                                          temperature=temperature, top_k=k_top)
