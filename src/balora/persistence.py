@@ -20,16 +20,20 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .adapter_checks import checked_load
 from .adapter_file import BALORA_FILE, read_balora_file
 from .errors import ModelError
 from .methods import get_method
 
 
-def load(base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False) -> nn.Module:
+def load(base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = False,
+         allow_other_base: bool = False) -> nn.Module:
     """Load an adapter saved by balora (any method) or by stock peft onto ``base_model``.
 
     ``base_model`` is the ORIGINAL pre-trained model (for PiSSA/BA-LoRA too: their saved form is a plain
     LoRA on W). For ``full`` the directory holds a whole model and its weights replace ``base_model``'s.
+    The adapter is validated (:mod:`balora.adapter_checks`); ``allow_other_base=True`` accepts a base whose
+    name differs from the one the adapter names, when the shapes match.
     """
     path = Path(path)
     if not path.is_dir():
@@ -48,7 +52,8 @@ def load(base_model: nn.Module, path: str | os.PathLike, is_trainable: bool = Fa
             f"{path} holds no adapter: expected adapter_config.json (peft), {BALORA_FILE} (balora) "
             "or model.safetensors (full fine-tuning)."
         )
-    return get_method(method).load(base_model, path, info, is_trainable)
+    return checked_load(base_model, path, lambda: get_method(method).load(base_model, path, info, is_trainable),
+                        allow_other_base)
 
 
 __all__ = ["load", "read_balora_file"]

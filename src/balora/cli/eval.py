@@ -32,6 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the --eval-size subsample")
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--allow-other-base", action="store_true",
+                        help="load an adapter whose adapter_config.json names another base model (its shapes "
+                             "must still match), e.g. the same model moved to another folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, adapter=args.adapter, dataset=args.dataset, task=args.task, eval_size=args.eval_size,
         generate_size=args.generate_size, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
         batch_size=args.batch_size, data_seed=args.data_seed, output=args.output,
+        allow_other_base=args.allow_other_base,
     )
     print(json.dumps(metrics, indent=2))
     return 0

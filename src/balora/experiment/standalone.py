@@ -19,7 +19,8 @@ from .settings import TrainSettings
 
 def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = "auto", eval_size: int | None = None,
                      generate_size: int | None = 100, max_new_tokens: int = 256, max_length: int = 128,
-                     batch_size: int = 32, data_seed: int = 0, output: str | None = None) -> dict[str, float]:
+                     batch_size: int = 32, data_seed: int = 0, output: str | None = None,
+                     allow_other_base: bool = False) -> dict[str, float]:
     """Metrics of ``adapter`` on ``model`` over the whole of ``dataset`` (or ``eval_size`` rows of it).
 
     ``adapter=None`` evaluates the base model itself: the reference point of a generation task. A
@@ -34,7 +35,7 @@ def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = 
     if adapter_dir is not None and not adapter_dir.is_dir():
         raise ModelError(f"adapter directory {adapter!r} does not exist.")
     run_file = adapter_dir / "balora_run.json" if adapter_dir is not None else None
-    run_info: dict[str, Any] = json.loads(run_file.read_text()) if run_file and run_file.is_file() else {}
+    run_info: dict[str, Any] = _read_run_info(run_file) if run_file and run_file.is_file() else {}
     settings = TrainSettings.from_dict(dict(model=model, dataset=dataset, output=tempfile.gettempdir(), task=task,
                              eval_size=eval_size, generate_size=generate_size, max_new_tokens=max_new_tokens,
                              max_length=max_length, eval_batch_size=batch_size, data_seed=data_seed))
@@ -51,7 +52,8 @@ def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = 
         data = subsample(data, eval_size, data_seed, "evaluation set")
     num_labels = 1 if task == "regression" else len(label_names or [])
     base, tokenizer = load_model(model, model_task(task), num_labels=num_labels or None, label_names=label_names)
-    adapted = load(base, adapter_dir, is_trainable=False) if adapter_dir is not None else base
+    adapted = load(base, adapter_dir, is_trainable=False, allow_other_base=allow_other_base) \
+        if adapter_dir is not None else base
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, report_to=[],
                                  use_cpu=not _cuda(), disable_tqdm=False)
@@ -64,6 +66,16 @@ def evaluate_adapter(model: str, adapter: str | None, dataset: str, task: str = 
     if output:
         write_json_atomic(output, metrics)
     return metrics
+
+
+def _read_run_info(file: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc}); the adapter directory is damaged.") from exc
+    if not isinstance(info, dict):
+        raise ModelError(f"{file} does not describe a run; the adapter directory is damaged.")
+    return info
 
 
 def _cuda() -> bool:
