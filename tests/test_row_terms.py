@@ -129,6 +129,19 @@ def test_head_row_term_sums_float32_never_builds_the_logits_and_needs_a_frozen_h
         head_row_term_sums(x, w.clone().requires_grad_(True), None, 2, targets=y)
 
 
+def test_head_row_term_sums_bf16_computes_the_head_like_the_model():
+    h, w, y = randn(12, 8, seed=25).bfloat16(), randn(40, 8, seed=26).bfloat16(), targets(12, 40)
+    x, xx = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    got = head_row_term_sums(x, w, None, 5, targets=y, teacher_hidden=h * 0.5, top_k=4)
+    expected = row_term_sums(xx @ w.T, 5, targets=y, teacher=(h * 0.5) @ w.T, top_k=4)  # bf16 logits, upcast
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    g, g_ref = torch.autograd.grad(combine(got), x)[0], torch.autograd.grad(combine(expected), xx)[0]
+    assert g.dtype == torch.bfloat16
+    torch.testing.assert_close(g, g_ref)
+
+
 # ------------------------------------------------------------------------------- SVD through the head
 
 

@@ -193,6 +193,24 @@ def test_only_active_terms_and_zero_weight_terms_skipped():
     assert set(terms) == {"task", "diversity", "svd"}
 
 
+@pytest.mark.parametrize("logits", [True, False])
+def test_nothing_scored_gives_zero_terms_and_a_working_backward(logits):
+    model = get_peft_model(llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    inputs, head = batch(), scored_head(model)
+    inputs["labels"][:, 1:] = -100
+    weights = {"consistency": 1.0, "diversity": 1.0, "svd": 1.0}
+    with torch.no_grad(), model.disable_adapter():
+        reference = scored_forward(model, inputs, head, logits=logits)
+    student = scored_forward(model, inputs, head, logits=logits)
+    assert student.hidden.shape == (0, H) and student.targets.shape == (0,)
+    terms = nlg_step_terms(student, reference, head, weights)
+    assert set(terms) == {"task", "consistency", "diversity", "svd"}
+    assert all(value.item() == 0.0 for value in terms.values())
+    sum(terms.values()).backward()
+    lora = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is None or (torch.isfinite(g).all() and not g.any()) for g in lora)
+
+
 def test_bf16_model_rows_upcast_in_the_loss():
     model = llama().to(torch.bfloat16)
     inputs, head = batch(), scored_head(model)

@@ -167,7 +167,7 @@ def kl_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature:
             chunk_size: int | None = None) -> torch.Tensor:
     """T^2 * (1/M) sum_m KL(softmax(zP_m/T) || softmax(zF_m/T)) over (M, V) rows (L_CR, SPEC 2.3).
 
-    The teacher is detached. Log-softmax throughout. M = 0 gives a graph-attached zero.
+    The teacher is detached. Log-sum-exp throughout, never log(softmax). M = 0 gives a graph-attached zero.
     """
     return kl_entropy_rows(student_rows, teacher_rows, temperature, top_k=0, chunk_size=chunk_size)[0]
 

@@ -168,7 +168,7 @@ def scored_forward(model: nn.Module, inputs: dict, head: ScoredHead, logits: boo
                head.module.register_forward_hook(lambda _m, _a, output: out.append(output))]
     call = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
     try:
-        model(**call, use_cache=False)
+        model(**{**call, "use_cache": False})
     finally:
         for handle in handles:
             handle.remove()
