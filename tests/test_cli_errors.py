@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +105,96 @@ def test_a_folder_in_use_is_refused(tiny_dir, tmp_path, capsys):
     with FolderLock(tmp_path / "busy", "a test"):
         _check(capsys, _train(tiny_dir, data, tmp_path / "busy"), "is in use by a test (pid")
     assert _train(tiny_dir, data, tmp_path / "busy") == 0  # released
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"model_type": "bert", "hidden_size": "big"}'])
+def test_malformed_model_config_is_named(tiny_dir, tmp_path, capsys, text):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "config.json").write_text(text)
+    data = _csv(tmp_path / "d.csv", [["a", 0], ["b", 1]] * 10)
+    _check(capsys, _train(broken, data, tmp_path / "o"), f"{broken / 'config.json'} ")
+
+
+def test_a_label_outside_the_fixed_classes(tiny_dir, tmp_path, capsys):
+    data = _csv(tmp_path / "d.csv", [["a", "pos"], ["b", "neg"]] * 10 + [["c", "oops"]])
+    _check(capsys, _train(tiny_dir, data, tmp_path / "o", "--labels", "neg,pos"), "'oops' (row 20) in column 'label'")
+    _check(capsys, _train(tiny_dir, data, tmp_path / "o2", "--labels", "pos"), "at least 2 comma-separated classes")
+
+
+def test_adapter_for_a_base_of_another_name_needs_allow_other_base(tiny_dir, tmp_path, capsys):
+    data = _csv(tmp_path / "d.csv", [["a", 0], ["b", 1]] * 10)
+    assert _train(tiny_dir, data, tmp_path / "run") == 0
+    other = tmp_path / "copies" / "other-name"
+    shutil.copytree(tiny_dir, other)  # same shapes and weights, another name
+    evaluate = ["eval", "--model", str(other), "--adapter", str(tmp_path / "run" / "adapter"), "--dataset", str(data),
+                "--max-length", "16"]
+    capsys.readouterr()
+    _check(capsys, main(evaluate), "--allow-other-base")
+    assert main([*evaluate, "--allow-other-base"]) == 0
+
+
+def test_disk_full_while_writing_the_adapter_then_the_metrics(tiny_dir, tmp_path, capsys, monkeypatch):
+    from balora.experiment import run
+
+    data = _csv(tmp_path / "d.csv", [["a", 0], ["b", 1]] * 10)
+    out, save_adapter, write_json = tmp_path / "o", run.save_adapter_atomic, run.write_json_atomic
+
+    def full_disk(directory, *args, **kwargs):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / "adapter_config.json").write_bytes(b"")  # what peft leaves behind on a full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save_adapter_on_a_full_disk(model, folder):
+        model.save_pretrained = full_disk
+        save_adapter(model, folder)
+
+    def metrics_on_a_full_disk(path, values):
+        if Path(path).name == "metrics.json":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return write_json(path, values)
+
+    last = out / "checkpoints" / "checkpoint-2"
+    monkeypatch.setattr(run, "save_adapter_atomic", save_adapter_on_a_full_disk)
+    _check(capsys, _train(tiny_dir, data, out, "--save-steps", "1"),
+           f"disk full while writing {out / 'adapter'}; the last complete checkpoint is {last}.")
+    assert not (out / "adapter").exists() and not (out / ".adapter.tmp").exists()
+    monkeypatch.setattr(run, "save_adapter_atomic", save_adapter)
+    monkeypatch.setattr(run, "write_json_atomic", metrics_on_a_full_disk)
+    _check(capsys, _train(tiny_dir, data, out, "--save-steps", "1", "--resume"),
+           f"disk full while writing {out / 'metrics.json'}; the last complete checkpoint is {last}.")
+    assert not (out / "metrics.json").exists()  # so a later --resume does not take the run for finished
+    monkeypatch.setattr(run, "write_json_atomic", write_json)
+    assert _train(tiny_dir, data, out, "--save-steps", "1", "--resume") == 0
+    assert json.loads((out / "run_info.json").read_text())["global_steps"] == 2
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] >= 2
+
+
+def test_a_real_full_disk(tiny_dir, tmp_path, capsys):
+    from balora.training.checkpoints import checkpoint_problem
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)],
+                                 capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 160 KiB tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        data = _csv(tmp_path / "d.csv", [["a", 0], ["b", 1]] * 10)
+        code = _train(tiny_dir, data, disk / "run", "--max-steps", "4", "--save-steps", "1", "--method", "lora")
+        err = capsys.readouterr().err
+        assert code == 2, err
+        lines = [line for line in err.splitlines() if "balora: error:" in line]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        said = re.search(r"disk full while writing (\S+); (the last complete checkpoint is (\S+)\.|no checkpoint)",
+                         lines[0])
+        assert said, lines[0]
+        left = sorted((disk / "run" / "checkpoints").glob("checkpoint-*"))
+        assert all(checkpoint_problem(p) is None for p in left)  # nothing half-written stays
+        assert [str(p) for p in left[-1:]] == ([said[3]] if said[3] else [])
+        assert not (disk / "run" / "adapter").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

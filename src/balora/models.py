@@ -206,6 +206,28 @@ def _check_weights(folder: Path) -> None:
     raise ModelError(f"{folder} has a config.json but no weights (model.safetensors): the folder is partial")
 
 
+def _check_config(folder: Path, trust_remote_code: bool) -> None:
+    """A config.json that transformers cannot read is named as such (the tokenizer reads it first and would
+    otherwise report "no usable tokenizer")."""
+    from transformers import AutoConfig
+
+    file = folder / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc}); the model folder is damaged.") from exc
+    if not isinstance(config, dict):
+        raise ModelError(f"{file} holds a JSON {type(config).__name__}, not an object; the model folder is damaged.")
+    try:
+        AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises ValueError, KeyError or its own validation errors
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+        hint = " (it needs custom code: pass trust_remote_code=True only if you trust it)" if (
+            "trust_remote_code" in str(exc)) else ""
+        raise ModelError(f"{file} does not describe a model transformers can build{hint}: {first}") from exc
+
+
 def _as_dtype(dtype: Any) -> Any:
     if dtype is None:
         return "float32"
@@ -255,6 +277,7 @@ def load_model(
         if num_labels is not None:
             options["num_labels"] = num_labels
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    _check_config(folder, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:

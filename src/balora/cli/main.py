@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from ..errors import BaloraError, NonFiniteLossError, TrainingInterrupted
+from ..errors import BaloraError, NonFiniteLossError, TrainingInterrupted, is_disk_full
 from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_OK, EXIT_USAGE, apply_yaml_config
 
 COMMANDS = ("train", "eval", "compare", "bench", "plot")
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line; the traceback is for --debug
         if debug:
             raise
+        if is_disk_full(exc, strict=True):  # where no caller named what it was writing (train names it)
+            where = getattr(exc, "filename", None) or "the output"
+            print(f"balora: error: disk full while writing {where}; free some space and run the command again.",
+                  file=sys.stderr)
+            return EXIT_USAGE
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"balora: error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)

@@ -57,8 +57,31 @@ def replace_column(dataset: datasets.Dataset, name: str, values: list[Any], feat
     return out.select_columns(order)
 
 
-def _class_ids(values: list[Any], label_names: list[str] | None, num_labels: int | None, column: str
-               ) -> tuple[list[int], list[str]]:
+RARE_ROWS = 5  # a class seen in fewer rows than this, or in under RARE_SHARE of them, is named in a warning
+RARE_SHARE = 0.001
+
+
+def _where(values: list[Any], bad: list[Any], rows: list[int]) -> str:
+    """'x' (row 17), 'y' (rows 3, 9, ...): where each bad value first occurs, counting data rows from 0."""
+    parts = []
+    for value in bad[:5]:
+        hits = [rows[i] for i, v in enumerate(values) if v == value]
+        shown = ", ".join(map(str, hits[:3])) + (", ..." if len(hits) > 3 else "")
+        parts.append(f"{value!r} (row{'s' if len(hits) > 1 else ''} {shown})")
+    return ", ".join(parts) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+
+
+def rare_classes(ids: list[int], names: list[str]) -> list[tuple[str, int]]:
+    """(class, rows) of each class seen in fewer than RARE_ROWS rows or under RARE_SHARE of them."""
+    counts = [0] * len(names)
+    for i in ids:
+        counts[i] += 1
+    return [(n, c) for n, c in zip(names, counts, strict=True) if c < RARE_ROWS or c < RARE_SHARE * len(ids)]
+
+
+def _class_ids(values: list[Any], label_names: list[str] | None, num_labels: int | None, column: str,
+               rows: list[int] | None = None) -> tuple[list[int], list[str]]:
+    rows = rows if rows is not None else list(range(len(values)))
     if all(isinstance(v, bool) for v in values):
         values = [int(v) for v in values]  # json true/false
         label_names = label_names or ["False", "True"]
@@ -67,7 +90,8 @@ def _class_ids(values: list[Any], label_names: list[str] | None, num_labels: int
         index = {n: i for i, n in enumerate(names)}
         unknown = sorted({v for v in values if v not in index})
         if unknown:
-            raise DataError(f"label(s) {unknown[:10]} in column {column!r} are not among the label names {names}")
+            raise DataError(f"label(s) {_where(values, unknown, rows)} in column {column!r} (rows counted from 0) "
+                            f"are not among the classes {names}; fix those rows or the class list")
         return [index[v] for v in values], names
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         kinds = sorted({type(v).__name__ for v in values})
@@ -85,8 +109,9 @@ def _class_ids(values: list[Any], label_names: list[str] | None, num_labels: int
         num_labels = max(max(ids) + 1, 2)
     bad = sorted({i for i in ids if not 0 <= i < num_labels})
     if bad:
-        raise DataError(f"label id(s) {bad[:10]} in column {column!r} are outside [0, {num_labels}); "
-                        "give the right num_labels/label_names or fix the labels")
+        raise DataError(f"label id(s) {bad[:10]} in column {column!r} are outside [0, {num_labels}) "
+                        f"({_where(ids, bad, rows)}, rows counted from 0); give the right num_labels/label_names "
+                        "or fix the labels")
     return ids, list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
 
 
@@ -102,7 +127,9 @@ def prepare_nlu(
     Rows with a null label or text are dropped (counts logged). Classification: string labels map to
     ``label_names`` (default: sorted unique names), a ClassLabel column keeps its names, json booleans map
     to 0/1, integer labels must lie in [0, num_labels) (num_labels defaults to len(label_names) or
-    max + 1). The label column becomes a ClassLabel. Regression: float32 labels, label_names None.
+    max + 1). The label column becomes a ClassLabel. Regression: float32 labels, label_names None. A label
+    outside the given classes is a DataError naming it and its rows; when the classes come from the data,
+    a class seen in fewer than 5 rows (or under 0.1 %) is named in a warning (often a typo).
     """
     from datasets import ClassLabel, Value
 
@@ -138,10 +165,17 @@ def prepare_nlu(
         except (TypeError, ValueError) as exc:
             raise DataError(f"regression needs numeric labels in column {columns.label!r}: {exc}") from exc
         return replace_column(dataset, columns.label, floats, Value("float32")), None
+    inferred = label_names is None  # the classes are whatever values the data holds: a typo becomes a class
     ids, names = _class_ids(values, list(label_names) if label_names is not None else None, num_labels,
-                            columns.label)
+                            columns.label, kept_text)
     if len(names) < 2:
         raise DataError(f"classification needs at least 2 classes; column {columns.label!r} has only {names}")
+    rare = rare_classes(ids, names) if inferred else []
+    if rare:
+        log.warning("label(s) %s in column %r: seen in fewer than %d rows or under %.1f%% of %d; a typo makes a "
+                    "class of its own. Fix those rows, or fix the classes with the labels setting (--labels %s)",
+                    ", ".join(f"{n!r} ({c} row{'s' if c != 1 else ''})" for n, c in rare), columns.label,
+                    RARE_ROWS, 100 * RARE_SHARE, len(ids), ",".join(n for n in names if n not in dict(rare)))
     return replace_column(dataset, columns.label, ids, ClassLabel(names=names)), names
 
 

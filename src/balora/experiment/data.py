@@ -62,6 +62,21 @@ def infer_task(settings: TrainSettings, columns: list[str]) -> str:
     )
 
 
+def fixed_labels(settings: TrainSettings, task: str) -> list[str] | None:
+    """The classes ``--labels`` fixes (None: the values found in the data)."""
+    if not settings.labels:
+        return None
+    if task != "classification":
+        raise ConfigError(f"--labels applies to classification data only, not to {task}.")
+    names = [n.strip() for n in settings.labels.split(",") if n.strip()]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"--labels names {', '.join(duplicates)} more than once.")
+    if len(names) < 2:
+        raise ConfigError(f"--labels needs at least 2 comma-separated classes, got {settings.labels!r}.")
+    return names
+
+
 def _load(name: str, settings: TrainSettings, size: int | None = None) -> Any:
     encoding = {"encoding": "latin-1"} if name.endswith(".csv") else {}
     try:
@@ -86,9 +101,11 @@ def load_experiment_data(settings: TrainSettings) -> ExperimentData:
     if task in NLU_TASKS:
         if settings.text_pair_column is None:
             columns = NLUColumns.infer(raw.column_names, text=settings.text_column, label=settings.label_column)
-        raw, label_names = prepare_nlu(raw, columns, task)
+        raw, label_names = prepare_nlu(raw, columns, task, label_names=fixed_labels(settings, task))
     elif settings.label_noise or settings.imbalance_ratio:
         raise ConfigError("--label-noise and --imbalance-ratio apply to classification data only.")
+    elif settings.labels:
+        raise ConfigError("--labels applies to classification data only.")
     test_fraction = 0.0 if settings.eval_dataset else settings.test_fraction
     parts = split(raw, settings.validation_fraction, test_fraction, seed=settings.data_seed,
                   stratify=task == "classification", label_column=settings.label_column)

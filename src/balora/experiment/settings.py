@@ -46,6 +46,8 @@ class TrainSettings:
     text_column: str = _opt("text", "NLU text column")
     text_pair_column: str | None = _opt(None, "NLU second text column (default: text_pair when present)")
     label_column: str = _opt("label", "NLU label column")
+    labels: str | None = _opt(None, "comma-separated class names: fixes the classes and their order; any other "
+                                    "label value is an error (default: the values found in the data)")
     prompt_column: str = _opt("prompt", "NLG instruction column")
     response_column: str = _opt("response", "NLG response column")
     max_length: int = _opt(128, "maximum tokens per example")
