@@ -12,7 +12,20 @@ import torch
 from conftest import tiny_llama
 
 import balora
-from balora.bench import BENCH_METHODS, NAIVE_DUAL, REQUIRED_KEYS, format_report, naive_dual_lora, run_benchmark
+from balora.bench import (
+    BENCH_METHODS,
+    NAIVE_DUAL,
+    REQUIRED_KEYS,
+    STOCK_LORA,
+    add_ratios,
+    check_goals,
+    default_methods,
+    format_goals,
+    format_report,
+    naive_dual_lora,
+    run_benchmark,
+)
+from balora.bench.memory import MemoryMeter
 from balora.dual_lora import DualLoraLinear
 from balora.dual_lora.functional import delta_weight
 from balora.errors import ConfigError
@@ -33,12 +46,15 @@ def _check_row(row: dict) -> None:
 
 def test_run_benchmark_gives_a_complete_row_per_method():
     rows = run_benchmark("micro", dual_naive=True, breakdown=True, svd_init=True, isolate=False, **FAST)
-    assert [r["method"] for r in rows] == [*METHODS, NAIVE_DUAL]
+    assert [r["method"] for r in rows] == [*default_methods(), NAIVE_DUAL]
+    assert set(METHODS) | {STOCK_LORA} == set(default_methods())
     for row in rows:
         _check_row(row)
     by = {r["method"]: r for r in rows}
     assert by["lora"]["time_ratio_vs_lora"] == 1.0 and by["lora"]["memory_ratio_vs_lora"] == 1.0
     assert by["full"]["trainable_params"] > by["lora"]["trainable_params"]
+    assert by[STOCK_LORA]["trainable_params"] == by["lora"]["trainable_params"]  # the same adapter, stock code
+    assert by[STOCK_LORA]["final_loss"] == pytest.approx(by["lora"]["final_loss"], rel=1e-4)
     parts = by["ba-lora"]["breakdown"]
     for key in ("reference_forward_ms", "consistency_ms", "diversity_ms", "svd_ms", "regularizers_ms"):
         assert parts[key] > 0 and math.isfinite(parts[key]), key
@@ -48,6 +64,7 @@ def test_run_benchmark_gives_a_complete_row_per_method():
         assert by[method]["svd_init"]["exact_s"] > 0 and by[method]["svd_init"]["randomized_s"] > 0
     report = format_report(rows)
     assert "BA-LoRA breakdown" in report and "dual-lora vs naive" in report and "PiSSA initialisation" in report
+    assert "Goals (cpu" in report and "balora lora vs lora-stock" in report
     json.dumps(rows)  # plain JSON values only
 
 
@@ -91,6 +108,75 @@ def test_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="scored"):
         run_benchmark("micro", ["lora"], scored_fraction=0.01, isolate=False, **FAST)
     assert NAIVE_DUAL in BENCH_METHODS
+
+
+def _synthetic(device: str = "cpu") -> list[dict]:
+    """Rows with known times and memory: ratios to the lora row are known exactly."""
+    def row(method: str, ms: float, mib: float) -> dict:
+        return {"method": method, "step_ms": ms, "peak_mib": mib, "device": device}
+
+    rows = [row("lora", 200.0, 400.0), row("ba-lora", 278.0, 470.0), row("dual-lora", 240.0, 390.0),
+            row("pissa", 204.0, 420.0), {"method": "dora", "error": "out of memory"}]
+    rows[1]["breakdown"] = {"reference_forward_ms": 40.0, "gather_ms": 5.0, "regularizers_ms": 30.0}
+    return rows
+
+
+def test_ratios_and_goals_on_rows_with_known_answers():
+    rows = _synthetic()
+    add_ratios(rows)
+    by = {r["method"]: r for r in rows}
+    assert by["lora"]["time_ratio_vs_lora"] == 1.0 and by["lora"]["memory_ratio_vs_lora"] == 1.0
+    assert by["ba-lora"]["time_ratio_vs_lora"] == 1.39 and by["ba-lora"]["memory_ratio_vs_lora"] == 1.175
+    assert by["dual-lora"]["time_ratio_vs_lora"] == 1.2 and by["dual-lora"]["memory_ratio_vs_lora"] == 0.975
+    assert by["pissa"]["time_ratio_vs_lora"] == 1.02 and by["pissa"]["memory_ratio_vs_lora"] == 1.05
+    parts = by["ba-lora"]["breakdown"]
+    assert parts["over_lora_ms"] == 78.0 and parts["unexplained_ms"] == 3.0  # 78 - (40 + 5 + 30)
+    assert parts["reference_forward_vs_lora"] == 0.2 and parts["over_lora_mib"] == 70.0
+    verdicts = {(c["method"], c["what"]): c["passed"] for c in check_goals(rows)}
+    assert verdicts == {("ba-lora", "time"): True, ("ba-lora", "peak memory"): False,
+                        ("dual-lora", "time"): False, ("dual-lora", "peak memory"): True,
+                        ("pissa", "time"): True, ("pissa", "peak memory"): False}
+    text = format_goals(rows)
+    assert "ba-lora    time         goal <= 1.40" in text and "measured 1.39x   PASS" in text
+    assert "pissa      peak memory  goal 1.00 ± 0.03" in text and "measured 1.05x   FAIL" in text
+    gpu = _synthetic("cuda")
+    add_ratios(gpu)
+    verdicts = {(c["method"], c["what"]): c["passed"] for c in check_goals(gpu)}
+    assert verdicts == {("ba-lora", "time"): False, ("ba-lora", "peak memory"): False,  # GPU: <= 1.20, <= 1.05
+                        ("dual-lora", "time"): False, ("dual-lora", "peak memory"): True}
+    assert all(c["passed"] is None for c in check_goals([r for r in rows if r["method"] != "ba-lora"])
+               if c["method"] == "ba-lora")
+
+
+def _peak_mib(allocate_mib: int) -> float:
+    """MemoryMeter's CPU peak over a step that allocates (and touches) ``allocate_mib`` MiB, then frees it."""
+    meter = MemoryMeter("cpu", fresh_process=False)
+    meter.start()
+    meter.steady()
+
+    def step() -> None:
+        block = torch.ones(allocate_mib * 2**20 // 4)  # float32: 4 bytes each, every page written
+        del block
+
+    report = meter.report(step)
+    assert report["memory_kind"].startswith("cpu peak RSS (VmHWM) over 2 steps")
+    return report["peak_mib"]
+
+
+def test_cpu_peak_rss_sees_a_known_allocation():
+    if not _can_reset_peak():
+        pytest.skip("this kernel does not let a process reset its RSS peak (/proc/self/clear_refs)")
+    quiet, loud, quiet_again = _peak_mib(0), _peak_mib(200), _peak_mib(0)
+    assert 190 <= loud - max(quiet, quiet_again) <= 230, (quiet, loud, quiet_again)
+
+
+def _can_reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 # ---- Dual LoRA at the layer level: recomputing Function == direct formula, and what autograd keeps --------

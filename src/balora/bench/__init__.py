@@ -8,14 +8,17 @@
 - :mod:`.worker`: one method's real training step (``BALoRATrainer.training_step`` + optimizer).
 - :mod:`.memory`: CUDA peak allocation or the CPU process's peak RSS.
 - :mod:`.breakdown`: where BA-LoRA's time goes. :mod:`.report`: text output. :mod:`.runner`: the loop.
+- :mod:`.goals`: the cost goals (ratios to LoRA), printed as PASS/FAIL.
 """
 
 from __future__ import annotations
 
+from .goals import GOALS, check_goals, format_goals
 from .report import format_report, summary_line
-from .runner import REQUIRED_KEYS, run_benchmark
+from .runner import REQUIRED_KEYS, add_ratios, default_methods, run_benchmark
 from .shapes import SHAPES
-from .worker import BENCH_METHODS, NAIVE_DUAL, naive_dual_lora
+from .worker import BENCH_METHODS, NAIVE_DUAL, STOCK_LORA, naive_dual_lora
 
-__all__ = ["BENCH_METHODS", "NAIVE_DUAL", "REQUIRED_KEYS", "SHAPES", "format_report", "naive_dual_lora",
-           "run_benchmark", "summary_line"]
+__all__ = ["BENCH_METHODS", "GOALS", "NAIVE_DUAL", "REQUIRED_KEYS", "SHAPES", "STOCK_LORA", "add_ratios",
+           "check_goals", "default_methods", "format_goals", "format_report", "naive_dual_lora", "run_benchmark",
+           "summary_line"]

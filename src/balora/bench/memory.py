@@ -1,7 +1,7 @@
 """Peak memory of one method: CUDA's allocator peak, or the process's resident-set peak on the CPU.
 
-On the CPU the peak RSS (``ru_maxrss``) only grows over a process's life, so the runner measures each
-method in a fresh process, resets the kernel's peak (``/proc/self/clear_refs``, Linux) and reports the
+On the CPU the peak RSS (``VmHWM``, ``ru_maxrss``) only grows over a process's life, so the runner measures
+each method in a fresh process, resets the kernel's peak (``/proc/self/clear_refs``, Linux) and reports the
 peak over a training step minus the RSS the process had just before the model was built (Python, torch,
 transformers, peft, balora and the Trainer stack already imported). The number therefore holds the
 model's weights, the optimizer state, the activations, the allocator's slack and anything a library
@@ -36,6 +36,21 @@ def _rss_bytes() -> int | None:
 def _ru_maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak RSS: ``VmHWM`` (Linux; reset by ``clear_refs``), else ``ru_maxrss``.
+
+    ``ru_maxrss`` also keeps the peak a thread had when it exited, which a reset does not clear; the
+    address space's own high-water mark does not have that memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _ru_maxrss_bytes()
 
 
 def _reset_hwm() -> bool:
@@ -75,7 +90,7 @@ class MemoryMeter:
     count; one-off initialisation temporaries such as PiSSA's SVD do not):
 
     - CUDA: ``max_memory_allocated`` over the timed steps (reset after the warm-up).
-    - CPU: the peak RSS (``ru_maxrss``) over extra steps that each start right after ``malloc_trim``.
+    - CPU: the peak RSS (``VmHWM``) over extra steps that each start right after ``malloc_trim``.
       glibc keeps freed heap pages, so without the trim the RSS creeps up step after step with the
       allocator's fragmentation rather than with what a step needs (BA-LoRA at the ``tiny`` shape: about
       0.8 GiB after 5 steps, 1.2 GiB after 15, 0.6 GiB live). The peak over the untrimmed timed steps is
@@ -112,14 +127,14 @@ class MemoryMeter:
             peak = torch.cuda.max_memory_allocated()
             kind = "cuda max_memory_allocated over the timed steps"
         elif self._reset_ok and step is not None:
-            out["rss_untrimmed_peak_mib"] = self._mib(_ru_maxrss_bytes())
+            out["rss_untrimmed_peak_mib"] = self._mib(_peak_rss_bytes())
             peak = 0
             for _ in range(trimmed_steps):
                 _settle(False)
                 _reset_hwm()
                 step()
-                peak = max(peak, _ru_maxrss_bytes())
-            kind = f"cpu peak RSS (ru_maxrss) over {trimmed_steps} steps each started after malloc_trim"
+                peak = max(peak, _peak_rss_bytes())
+            kind = f"cpu peak RSS (VmHWM) over {trimmed_steps} steps each started after malloc_trim"
         else:
             peak = _ru_maxrss_bytes()
             whole = "the worker's whole life" if self.fresh_process else "since process start, not per method"
@@ -142,4 +157,4 @@ def extra_peak_mib(fn: Any, device: str) -> float | None:
     fn()
     if cuda:
         torch.cuda.synchronize()
-    return round(max(0, (torch.cuda.max_memory_allocated() if cuda else _ru_maxrss_bytes()) - base) / MIB, 3)
+    return round(max(0, (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) - base) / MIB, 3)

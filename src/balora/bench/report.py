@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .worker import NAIVE_DUAL
+from .goals import format_goals
+from .worker import NAIVE_DUAL, STOCK_LORA
 
 
 def _num(value: Any, spec: str) -> str:
@@ -81,7 +82,8 @@ def format_svd_init(row: dict[str, Any]) -> str:
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:
-    """One line: each method's time/memory ratio to LoRA, and Dual LoRA against its naive form."""
+    """One line: each method's time/memory ratio to LoRA, Dual LoRA against its naive form and balora's
+    LoRA against the stock peft + Trainer one."""
     by = {r["method"]: r for r in rows if "error" not in r}
     parts = [f"{m} {r['time_ratio_vs_lora']:.2f}x/{r['memory_ratio_vs_lora']:.2f}x" for m, r in by.items()
              if m != "lora" and r["time_ratio_vs_lora"] is not None and r["memory_ratio_vs_lora"] is not None]
@@ -90,6 +92,10 @@ def summary_line(rows: list[dict[str, Any]]) -> str:
         dual, naive = by["dual-lora"], by[NAIVE_DUAL]
         memory = f"{dual['peak_mib'] / naive['peak_mib']:.2f}x" if naive["peak_mib"] else "n/a"
         text += f"; dual-lora vs naive: {dual['step_ms'] / naive['step_ms']:.2f}x time, {memory} memory"
+    if "lora" in by and STOCK_LORA in by:
+        ours, stock = by["lora"], by[STOCK_LORA]
+        memory = f"{ours['peak_mib'] / stock['peak_mib']:.2f}x" if stock["peak_mib"] else "n/a"
+        text += f"; balora lora vs lora-stock: {ours['step_ms'] / stock['step_ms']:.2f}x time, {memory} memory"
     failed = [r["method"] for r in rows if "error" in r]
     if failed:
         text += f"; FAILED: {', '.join(failed)}"
@@ -97,7 +103,7 @@ def summary_line(rows: list[dict[str, Any]]) -> str:
 
 
 def format_report(rows: list[dict[str, Any]]) -> str:
-    """Setup, table, breakdown and PiSSA init timings (when measured), then the summary line."""
+    """Setup, table, breakdown and PiSSA init timings (when measured), the goals, then the summary line."""
     parts = [format_setup(rows), format_table(rows)]
     for row in rows:
         if row.get("breakdown"):
@@ -105,5 +111,6 @@ def format_report(rows: list[dict[str, Any]]) -> str:
     svd = next((r for r in rows if r.get("svd_init")), None)
     if svd:
         parts.append(format_svd_init(svd))
+    parts.append(format_goals(rows))
     parts.append(summary_line(rows))
     return "\n\n".join(parts)

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..methods import DEFAULT_PISSA_NITER, METHODS, get_method
 from .shapes import DTYPES, SHAPES, default_batch, default_dtype, scored_length
-from .worker import BENCH_METHODS, NAIVE_DUAL, BenchSpec, run_spec
+from .worker import BENCH_METHODS, NAIVE_DUAL, STOCK_LORA, BenchSpec, run_spec
 
 logger = logging.getLogger("balora")
 
@@ -81,7 +81,8 @@ def run_benchmark(
     Args:
         model: a shape of :data:`~balora.bench.shapes.SHAPES` (``micro``, ``tiny``, ``llama-1b``) or a
             model directory (config only, random weights).
-        methods: from :data:`BENCH_METHODS`; default the six of :data:`balora.METHODS`.
+        methods: from :data:`BENCH_METHODS`; default :data:`balora.METHODS` with ``lora-stock`` (stock peft
+            LoRA + stock ``transformers.Trainer``) after ``lora``.
             ``dual-lora-naive`` is Dual LoRA through the direct autograd formula (dense ΔW kept).
         batch_size, seq_len: default the shape's (``tiny`` 4 × 128, ``llama-1b`` 8 × 512).
         scored_fraction: trailing fraction of each sequence with labels (the prompt part is -100).
@@ -100,7 +101,7 @@ def run_benchmark(
     ``memory_ratio_vs_lora`` (None without a ``lora`` row), and details; a failed method has ``error``.
     """
     device = resolve_device(device)
-    chosen = list(methods) if methods else list(METHODS)
+    chosen = list(methods) if methods else default_methods()
     if dual_naive and NAIVE_DUAL not in chosen:
         chosen.append(NAIVE_DUAL)
     default_b, default_t = default_batch(model)
@@ -137,6 +138,13 @@ def run_benchmark(
                 row["svd_init"] = timing
     add_ratios(rows)
     return rows
+
+
+def default_methods() -> list[str]:
+    """Every registered method, with ``lora-stock`` right after ``lora`` (the two read side by side)."""
+    chosen = list(METHODS)
+    chosen.insert(chosen.index(BASELINE) + 1 if BASELINE in chosen else len(chosen), STOCK_LORA)
+    return chosen
 
 
 def _runs_svd(method: str) -> bool:

@@ -4,8 +4,10 @@ The step is exactly the Trainer's: :meth:`BALoRATrainer.training_step` (so ``com
 reference forward and the three regularizers for ``ba-lora``, the ``paper`` preset; no regularizer for
 the other methods), gradient clipping, ``optimizer.step()``, the scheduler step and ``zero_grad()``, plus
 the Dual LoRA warm-up update the Trainer's callback does. ``ba-lora`` and ``lora`` therefore differ only
-by the regularizers and the PiSSA initialisation. ``python -m balora.bench --worker`` runs one spec in a
-fresh process (see :mod:`balora.bench.memory` for why).
+by the regularizers and the PiSSA initialisation. ``lora-stock`` is the usual setup with nothing of
+balora: ``peft.get_peft_model`` and a plain ``transformers.Trainer`` (its ``compute_loss`` builds the whole
+(B, T, V) logits), so its row shows what balora's own LoRA step saves. ``python -m balora.bench --worker``
+runs one spec in a fresh process (see :mod:`balora.bench.memory` for why).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from .shapes import build_model, make_batch, model_config
 
 DUAL = "dual-lora"
 NAIVE_DUAL = f"{DUAL}-naive"  # Dual LoRA through the direct formula (dense ΔW kept for backward)
-BENCH_METHODS: tuple[str, ...] = (*METHODS, NAIVE_DUAL)
+STOCK_LORA = "lora-stock"  # stock peft LoRA trained by a stock transformers.Trainer: nothing of balora
+BENCH_METHODS: tuple[str, ...] = (*METHODS, STOCK_LORA, NAIVE_DUAL)
 
 
 @dataclass
@@ -116,10 +119,16 @@ def naive_dual_lora() -> Iterator[None]:
 
 
 def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Module:
-    """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model)."""
+    """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model); ``lora-stock`` is
+    peft's own ``get_peft_model`` with the usual LoRA config (all linear layers, alpha = r)."""
     from .. import adapt
     from ..methods import AdapterMethod, get_method
 
+    if method == STOCK_LORA:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", task_type=TaskType.CAUSAL_LM)
+        return get_peft_model(model, config)
     name = DUAL if method == NAIVE_DUAL else method
     if not isinstance(get_method(name), AdapterMethod):
         return adapt(model, method=name)
@@ -127,8 +136,9 @@ def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Mo
 
 
 def build_trainer(model: nn.Module, spec: BenchSpec, output_dir: str) -> Any:
-    """A :class:`BALoRATrainer` with optimizer and scheduler, as ``Trainer.train`` would set it up."""
-    from transformers import TrainingArguments
+    """A :class:`BALoRATrainer` (a plain ``transformers.Trainer`` for ``lora-stock``) with optimizer and
+    scheduler, as ``Trainer.train`` would set it up."""
+    from transformers import Trainer, TrainingArguments
 
     from ..training import BALoRAConfig, BALoRATrainer
 
@@ -138,8 +148,11 @@ def build_trainer(model: nn.Module, spec: BenchSpec, output_dir: str) -> Any:
         max_steps=total, learning_rate=1e-4, save_strategy="no", logging_strategy="no", disable_tqdm=True,
         seed=spec.seed,
     )
-    preset = "auto"  # each method's default: the paper's weights for ba-lora, none for the others
-    trainer = BALoRATrainer(model=model, args=args, balora_config=BALoRAConfig(preset=preset))
+    if spec.method == STOCK_LORA:
+        trainer = Trainer(model=model, args=args)
+    else:
+        preset = "auto"  # each method's default: the paper's weights for ba-lora, none for the others
+        trainer = BALoRATrainer(model=model, args=args, balora_config=BALoRAConfig(preset=preset))
     trainer.create_optimizer_and_scheduler(num_training_steps=total)
     trainer.state.max_steps = total
     trainer.current_gradient_accumulation_steps = 1  # what Trainer.train sets per step (no accumulation)
@@ -150,7 +163,8 @@ def train_step(trainer: Any, model: nn.Module, inputs: dict[str, torch.Tensor], 
     """One optimizer step of ``Trainer.train``'s inner loop (no gradient accumulation)."""
     from ..methods import set_training_step
 
-    set_training_step(model, trainer.state.global_step)  # what DualLoraWarmupCallback does
+    if getattr(trainer, "balora_config", None) is not None:  # a stock Trainer has no balora callback
+        set_training_step(model, trainer.state.global_step)  # what DualLoraWarmupCallback does
     loss = trainer.training_step(model, inputs, num_items)
     if trainer.args.max_grad_norm > 0:
         trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)

@@ -19,7 +19,8 @@ stderr; the table (or with --json one JSON list, one row per method) goes to std
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..bench import BENCH_METHODS, SHAPES
-    from ..methods import DEFAULT_PISSA_NITER, METHODS
+    from ..bench.runner import default_methods
+    from ..methods import DEFAULT_PISSA_NITER
 
     parser = subparsers.add_parser(
         "bench", help="time and memory of each method's training step, as ratios to LoRA",
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--model", default="tiny",
                         help=f"a shape ({', '.join(SHAPES)}) or a model directory (config only, random weights)")
     parser.add_argument("--methods", nargs="+", choices=BENCH_METHODS, default=None, metavar="METHOD",
-                        help=f"methods to measure (default: {' '.join(METHODS)}); also dual-lora-naive")
+                        help=f"methods to measure (default: {' '.join(default_methods())}); also dual-lora-naive")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the shape's")
     parser.add_argument("--seq-len", type=positive_int, default=None, help="default: the shape's")
     parser.add_argument("--scored-fraction", type=fraction, default=0.5,
