@@ -371,13 +371,20 @@ def test_no_float32_copy_of_the_valid_rows(name, monkeypatch):
     assert max(saved, default=0) <= 2 * v  # nothing float32 of size M x V kept for backward
 
 
-def test_nlg_terms_equals_the_individual_functions():
+def test_the_trainers_nlg_assembly_equals_the_individual_functions():
+    from balora.training import BALoRAConfig
+    from balora.training.terms import nlg_terms, rows_of_logits
+
     labels = make_labels()
+    labels = torch.where(labels >= 0, labels % 15, labels)  # token ids inside the 15-word vocabulary
     zf, zp = randn(3, 7, 15, seed=30).float(), randn(3, 7, 15, seed=31).float()
-    terms = R.nlg_terms(zf, labels, zp, top_k=5, k=4)
+    config = BALoRAConfig(top_k=5, nlg_svd_k=4, svd_method="exact")
+    weights = {"consistency": 1.0, "diversity": 1.0, "svd": 1.0}
+    terms = nlg_terms(rows_of_logits(zf, labels), rows_of_logits(zp, labels), None, weights, config)
     torch.testing.assert_close(terms["consistency"], R.nlg_consistency(zf, zp, labels))
     torch.testing.assert_close(terms["diversity"], R.nlg_diversity(zf, labels, top_k=5))
-    torch.testing.assert_close(terms["svd"], R.nlg_svd(zf, labels, k=4))
-    assert set(R.nlg_terms(zf, labels, terms=("svd",))) == {"svd"}
-    with pytest.raises(ValueError):
-        R.nlg_terms(zf, labels)  # consistency needs the teacher
+    torch.testing.assert_close(terms["svd"], R.nlg_svd(zf, labels, k=4, method="exact"))
+    ce = torch.nn.functional.cross_entropy(zf[:, :-1].reshape(-1, 15), labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(terms["task"], ce)
+    only_svd = nlg_terms(rows_of_logits(zf, labels), None, None, {"consistency": 1.0, "diversity": 0, "svd": 1}, config)
+    assert set(only_svd) == {"task", "svd"}  # no reference: no consistency term

@@ -12,7 +12,7 @@ import balora
 from balora import regularizers as R
 from balora.methods import METHODS
 from balora.training import BALoRAConfig, make_schedule
-from balora.training.terms import nlu_target_rule, reference_outputs
+from balora.training.terms import nlu_target_rule, reference_logits
 
 
 def _dataset(kind: str, n: int = 16) -> Dataset:
@@ -41,12 +41,12 @@ def test_consistency_is_zero_at_step_zero_in_train_mode(model_kind, method):
     model.train()
     batch = MODEL_KINDS[model_kind][1]()
     task = "nlg" if model_kind == "llama" else "nlu"
-    reference = reference_outputs(model, batch, task)
+    reference = reference_logits(model, batch)
     student = model(**batch).logits
     if task == "nlg":
-        value = R.kl_rows(R.gather_valid(student, batch["labels"]), reference.logits)
+        value = R.nlg_consistency(student, reference, batch["labels"])
     else:
-        value = R.nlu_consistency(student, reference.logits)
+        value = R.nlu_consistency(student, reference)
     assert abs(value.item()) < 1e-6
 
 
@@ -180,3 +180,41 @@ def test_dual_lora_warmup_follows_the_optimizer_step(tmp_path):
     trainer.train()
     layer = next(m for m in model.modules() if hasattr(m, "lora_warmup"))
     assert float(layer.lora_warmup["default"]) == pytest.approx(3 / 8)  # set before the 4th step (step 3)
+
+
+def test_causal_lm_step_uses_the_scored_rows_and_equals_the_models_loss(tmp_path):
+    model = _adapt("llama", "lora")
+    trainer = _trainer(model, "llama", tmp_path, BALoRAConfig())
+    assert trainer._scored_head is not None
+    batch = llama_batch(batch=4, length=10, seed=5)
+    model.train()
+    for items in (None, torch.tensor(11)):
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+        expected = model(**batch, **({} if items is None else {"num_items_in_batch": items})).loss
+        torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_head_that_post_processes_logits_falls_back_to_the_full_forward(tmp_path, caplog):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                          pad_token_id=0, final_logit_softcapping=5.0)
+    model = balora.adapt(Gemma2ForCausalLM(config), method="ba-lora", r=4)
+    with caplog.at_level("INFO", logger="balora"):
+        trainer = _trainer(model, "llama", tmp_path, BALoRAConfig(preset="paper", consistency_weight=0.5))
+    assert trainer._scored_head is None and "scored-rows head off" in caplog.text
+    batch = llama_batch(batch=4, length=10, seed=5)
+    model.train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    total = trainer.compute_loss(model, dict(batch))
+    out = model(**batch)
+    with balora.as_pretrained(model), torch.no_grad():
+        teacher = model(**batch).logits
+    expected = (out.loss + 0.5 * R.nlg_consistency(out.logits, teacher, batch["labels"])
+                + 3e-4 * R.nlg_diversity(out.logits, batch["labels"]) + 1e-4 * R.nlg_svd(out.logits, batch["labels"]))
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)

@@ -8,9 +8,9 @@ float32 copy is ever made.
 NLG terms work on the M "valid" rows: position t of the logits is valid when ``labels[:, t + 1] != -100``
 (the causal shift; the last position never is). The row-level helpers (:func:`gather_valid`,
 :func:`kl_rows`, :func:`topk_entropy_rows`, :func:`kl_entropy_rows`, :func:`svd_ratio`,
-:func:`svd_ratio_through_head`, :func:`nlg_terms`) let a trainer gather once and reuse the rows. The
-helpers return the named, non-negative quantity (KL, entropy, ratio); only the six public terms and
-:func:`nlg_terms` apply the loss sign.
+:func:`svd_ratio_through_head`) let a trainer gather once and reuse the rows
+(:func:`balora.training.terms.nlg_terms` is the trainer's one assembly of them). The helpers return the
+named, non-negative quantity (KL, entropy, ratio); only the six public terms apply the loss sign.
 
 Memory: the KL and entropy run in one fused pass (:mod:`balora.row_terms`) over chunks of ``chunk_size``
 rows (default: as many rows as fit in :data:`CHUNK_ELEMENTS` elements, :data:`CPU_CHUNK_ELEMENTS` on the
@@ -42,7 +42,6 @@ __all__ = [
     "nlg_consistency",
     "nlg_diversity",
     "nlg_svd",
-    "nlg_terms",
     "nlu_consistency",
     "nlu_diversity",
     "nlu_svd",
@@ -392,34 +391,3 @@ def nlg_svd(student_logits: torch.Tensor, labels: torch.Tensor, k: int = 10, met
     """
     return -svd_ratio(gather_valid(student_logits, labels), k=k, method=method, oversample=oversample,
                       niter=niter, generator=generator)
-
-
-def nlg_terms(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None,
-              *, temperature: float = 2.0, top_k: int = 20, k: int = 10, svd_method: str = "auto",
-              chunk_size: int | None = None, terms: tuple[str, ...] = ("consistency", "diversity", "svd"),
-              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """The requested NLG terms (already signed, to ADD to the loss), gathering the valid rows once.
-
-    Returns a dict with keys among ``"consistency"`` (needs ``teacher_logits``), ``"diversity"``,
-    ``"svd"``, each equal to the matching ``nlg_*`` function.
-    """
-    unknown = set(terms) - {"consistency", "diversity", "svd"}
-    if unknown:
-        raise ValueError(f"unknown NLG terms: {sorted(unknown)}")
-    rows = gather_valid(student_logits, labels)
-    out: dict[str, torch.Tensor] = {}
-    teacher_rows = None
-    if "consistency" in terms:
-        if teacher_logits is None:
-            raise ValueError("the consistency term needs teacher_logits")
-        teacher_rows = gather_valid(teacher_logits.detach(), labels)
-    if teacher_rows is not None or "diversity" in terms:
-        kl, entropy = kl_entropy_rows(rows, teacher_rows, temperature,
-                                      top_k if "diversity" in terms else 0, chunk_size)
-        if teacher_rows is not None:
-            out["consistency"] = kl
-        if "diversity" in terms:
-            out["diversity"] = -entropy
-    if "svd" in terms:
-        out["svd"] = -svd_ratio(rows, k=k, method=svd_method, generator=generator)
-    return out

@@ -131,10 +131,11 @@ def scored_head(model: nn.Module) -> ScoredHead | None:
 
 @dataclass
 class ScoredRows:
-    """One forward's scored rows: ``hidden`` (M, h) the head's inputs, ``logits`` (M, V) its outputs in the
-    model's dtype (None when only ``hidden`` was asked for), ``targets`` (M,) the next-token ids."""
+    """One forward's scored rows: ``hidden`` (M, h) the head's inputs (None for rows of a full forward),
+    ``logits`` (M, V) its outputs in the model's dtype (None when only ``hidden`` was asked for),
+    ``targets`` (M,) the next-token ids."""
 
-    hidden: torch.Tensor
+    hidden: torch.Tensor | None
     logits: torch.Tensor | None
     targets: torch.Tensor
 
@@ -178,7 +179,8 @@ def scored_forward(model: nn.Module, inputs: dict, head: ScoredHead, logits: boo
     return ScoredRows(seen[0], out[0][0] if logits else None, targets)
 
 
-def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: ScoredHead, weights: dict[str, float],
+def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: ScoredHead | None,
+                   weights: dict[str, float],
                    *, temperature: float = 2.0, top_k: int = 20, svd_k: int = 10, svd_method: str = "auto",
                    num_items_in_batch: torch.Tensor | int | None = None,
                    chunk_size: int | None = None) -> dict[str, torch.Tensor]:
@@ -221,7 +223,7 @@ def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: Scor
     if want_ent:
         out["diversity"] = -ent / max(m, 1)
     if weights.get("svd", 0) > 0:
-        if head.frozen_linear:
+        if head is not None and head.frozen_linear and student.hidden is not None:
             ratio = R.svd_ratio_through_head(student.hidden, k=svd_k, factor=head.gram_factor(), method=svd_method)
         else:
             ratio = R.svd_ratio(student.logits, k=svd_k, method=svd_method)

@@ -1,8 +1,10 @@
-"""From model outputs to the three BA-LoRA terms (SPEC sections 2.2 and 2.3).
+"""From model outputs to the three BA-LoRA terms (design §2.2 and §2.3): the one assembly of each.
 
-The trainer calls :func:`reference_outputs` (the pre-trained model's outputs, no gradient) and then
-:func:`nlu_terms` or :func:`nlg_terms` on the student's outputs. NLG work happens on the M scored rows
-only: the full (B, T, V) reference logits are reduced to (M, V) right after the reference forward.
+NLU: :func:`reference_logits` (the pre-trained model's logits, no gradient), then :func:`nlu_terms` on the
+student's logits or the pooled vector its head reads. NLG: :func:`reference_rows` and the student's
+:class:`~balora.training.scored_rows.ScoredRows` (the head at the scored rows only, or the rows of a full
+forward where that does not apply), then :func:`nlg_terms`: the task cross-entropy and the terms in one
+chunked pass over the M scored rows.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,7 @@ import torch.nn as nn
 from .. import regularizers as R
 from ..reference import as_pretrained
 from .config import BALoRAConfig
+from .scored_rows import ScoredHead, ScoredRows, nlg_step_terms, scored_forward
 
 logger = logging.getLogger("balora")
 
@@ -57,34 +59,53 @@ def pooled_from_head_input(head_input: torch.Tensor, attention_mask: torch.Tenso
     return head_input[torch.arange(head_input.shape[0], device=head_input.device), last]
 
 
-@dataclass
-class ReferenceOutputs:
-    """NLU: logits (N, C). NLG: logits at the valid rows (M, V). Both carry no gradient."""
-
-    logits: torch.Tensor
-
-
-@torch.no_grad()
-def reference_outputs(model: nn.Module, inputs: dict, task: str) -> ReferenceOutputs:
-    """The pre-trained model's outputs on ``inputs`` (SPEC 2.1), through :func:`balora.as_pretrained`.
-
-    ``model`` may be wrapped (DDP/FSDP): the wrapped model is called, the adapters are switched inside.
-    The labels are left out so no task loss (and no float32 copy of the logits) is computed.
+@contextlib.contextmanager
+def pretrained_view(model: nn.Module) -> Iterator[None]:
+    """The reference forward's context: no gradient, the method's pre-trained view, the RNG forked.
 
     The random-number state is forked and restored, so the student's forward that follows draws the same
     dropout masks: the reference then differs from the student only by the weights, and L_CR = 0 at step 0
     even with dropout (exactly so when the adapter itself has no dropout, ``lora_dropout=0``).
+    ``model`` may be wrapped (DDP/FSDP): the wrapped model is what the caller runs.
     """
-    labels = inputs.get("labels")
-    call_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     inner = getattr(model, "module", model)
     device = next(inner.parameters()).device
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), as_pretrained(inner):
-        logits = model(**call_inputs).logits
-    if task == "nlg":
-        logits = R.gather_valid(logits, labels)
-    return ReferenceOutputs(logits.detach())
+    with torch.no_grad(), torch.random.fork_rng(devices=devices), as_pretrained(inner):
+        yield
+
+
+def reference_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """The pre-trained model's logits on ``inputs`` (design §2.1): NLU (N, C); NLG all (B, T, V).
+
+    The labels are left out so no task loss (and no float32 copy of the logits) is computed.
+    """
+    with pretrained_view(model):
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.detach()
+
+
+def reference_rows(model: nn.Module, inputs: dict, head: ScoredHead | None) -> ScoredRows:
+    """The pre-trained model's NLG scored rows: the head at the scored rows only when ``head`` is given."""
+    if head is not None:
+        with pretrained_view(model):
+            return scored_forward(model, inputs, head)
+    return rows_of_logits(reference_logits(model, inputs), inputs["labels"])
+
+
+def rows_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> ScoredRows:
+    """:class:`ScoredRows` from a full (B, T, V) forward (models the scored-rows head does not apply to)."""
+    mask = R.valid_token_mask(labels)
+    targets = labels[:, 1:][mask[:, :-1]]
+    return ScoredRows(hidden=None, logits=R.gather_valid(logits, labels), targets=targets)
+
+
+def nlg_terms(student: ScoredRows, reference: ScoredRows | None, head: ScoredHead | None,
+              weights: dict[str, float], config: BALoRAConfig,
+              num_items_in_batch: torch.Tensor | int | None = None) -> dict[str, torch.Tensor]:
+    """``{"task": CE}`` plus the active NLG terms (signed, before their weights) over the scored rows."""
+    return nlg_step_terms(student, reference, head, weights, temperature=config.temperature, top_k=config.top_k,
+                          svd_k=config.nlg_svd_k, svd_method=config.svd_method,
+                          num_items_in_batch=num_items_in_batch)
 
 
 def nlu_target_rule(num_classes: int, config: BALoRAConfig) -> str:
@@ -96,7 +117,7 @@ def nlu_target_rule(num_classes: int, config: BALoRAConfig) -> str:
 
 def nlu_terms(
     logits: torch.Tensor,
-    reference: ReferenceOutputs | None,
+    reference: torch.Tensor | None,
     pooled: torch.Tensor | None,
     target: str,
     weights: dict[str, float],
@@ -109,7 +130,7 @@ def nlu_terms(
     """
     out: dict[str, torch.Tensor] = {}
     if weights["consistency"] > 0 and reference is not None:
-        student, teacher = logits.float(), reference.logits.float()
+        student, teacher = logits.float(), reference.float()
         if student.shape[-1] == 1:
             student, teacher = student.T, teacher.T
         out["consistency"] = R.nlu_consistency(student, teacher)
@@ -119,23 +140,4 @@ def nlu_terms(
             out["diversity"] = R.nlu_diversity(z)
         if weights["svd"] > 0:
             out["svd"] = R.nlu_svd(z, k=config.nlu_svd_k)
-    return out
-
-
-def nlg_terms(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    reference: ReferenceOutputs | None,
-    weights: dict[str, float],
-    config: BALoRAConfig,
-) -> dict[str, torch.Tensor]:
-    """The active NLG terms over the valid rows (M, V), gathered once."""
-    rows = R.gather_valid(logits, labels)
-    out: dict[str, torch.Tensor] = {}
-    if weights["consistency"] > 0 and reference is not None:
-        out["consistency"] = R.kl_rows(rows, reference.logits, temperature=config.temperature)
-    if weights["diversity"] > 0:
-        out["diversity"] = -R.topk_entropy_rows(rows, top_k=config.top_k)
-    if weights["svd"] > 0:
-        out["svd"] = -R.svd_ratio(rows, k=config.nlg_svd_k, method=config.svd_method)
     return out

@@ -22,6 +22,7 @@ from ..methods import method_of
 from ..model_kind import regularizer_task
 from .callbacks import DualLoraWarmupCallback
 from .config import BALoRAConfig
+from .scored_rows import scored_forward, scored_head
 from .terms import (
     capture_head_input,
     find_head,
@@ -29,7 +30,9 @@ from .terms import (
     nlu_target_rule,
     nlu_terms,
     pooled_from_head_input,
-    reference_outputs,
+    reference_logits,
+    reference_rows,
+    rows_of_logits,
 )
 from .weights import TERMS
 
@@ -59,6 +62,9 @@ class BALoRATrainer(Trainer):
         self._head_pools_last_token = False
         self._nlu_target: str | None = None
         self._writing_checkpoint = False
+        self._scored_head = None
+        if self.balora_task == "nlg" and self.label_smoother is None and self.compute_loss_func is None:
+            self._scored_head = scored_head(self.model)
         if self.weight_schedule.consistency > 0:
             self.balora_method.prepare_reference(self.model)
         if self.balora_task == "nlu" and self.weight_schedule.any_active:
@@ -89,15 +95,40 @@ class BALoRATrainer(Trainer):
     ):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not self.weight_schedule.any_active:
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            self._check_finite(loss, {}, inputs)
-            return (loss, outputs) if return_outputs else loss
         weights = self.weight_schedule.weights_at(self.state.global_step, self.state.max_steps)
-        labels = inputs.get("labels")
+        if self._scored_head is not None and not return_outputs:
+            outputs = None
+            task_loss, terms = self._scored_rows_loss(model, inputs, weights, num_items_in_batch)
+        elif not self.weight_schedule.any_active:
+            task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            terms = {}
+        else:
+            task_loss, outputs, terms = self._full_forward_loss(model, inputs, weights, num_items_in_batch)
+        regularizer = sum(weights[name] * value for name, value in terms.items())
+        loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer if terms else task_loss
+        self._check_finite(loss, {"task": task_loss, **terms}, inputs)
+        self._record(terms, weights)
+        return (loss, outputs) if return_outputs else loss
+
+    def _scored_rows_loss(self, model: nn.Module, inputs: dict[str, Any], weights: dict[str, float],
+                          num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict]:
+        """NLG: the head only at the scored rows, the task CE and the terms in one pass (every method)."""
         reference = None
         if weights["consistency"] > 0:
-            reference = reference_outputs(model, inputs, self.balora_task)
+            reference = reference_rows(model, inputs, self._scored_head)
+        student = scored_forward(model, inputs, self._scored_head)
+        passed = num_items_in_batch if self.model_accepts_loss_kwargs else None  # what the model would get
+        terms = nlg_terms(student, reference, self._scored_head, weights, self.balora_config, passed)
+        task = terms.pop("task") * self._token_average_scale(passed)
+        return task, terms
+
+    def _full_forward_loss(self, model: nn.Module, inputs: dict[str, Any], weights: dict[str, float],
+                           num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, Any, dict]:
+        """The Trainer's own forward and loss, then the terms from its outputs (NLU; NLG fallback)."""
+        nlg = self.balora_task == "nlg"
+        reference = None
+        if weights["consistency"] > 0:
+            reference = reference_rows(model, inputs, None) if nlg else reference_logits(model, inputs)
         pooled = None
         if self._head is not None:
             with capture_head_input(self._head) as seen:
@@ -106,18 +137,22 @@ class BALoRATrainer(Trainer):
         else:
             task_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         try:
-            if self.balora_task == "nlg":
-                terms = nlg_terms(outputs.logits, labels, reference, weights, self.balora_config)
+            if nlg:
+                terms = nlg_terms(rows_of_logits(outputs.logits, inputs["labels"]), reference, None, weights,
+                                  self.balora_config)
+                terms.pop("task")  # the model's own loss stands (it may add to the cross-entropy)
             else:
                 terms = nlu_terms(outputs.logits, reference, pooled, self._nlu_target, weights, self.balora_config)
         except torch.linalg.LinAlgError:  # the SVD of NaN/inf logits: report the task loss that went bad
             self._check_finite(task_loss, {"task": task_loss}, inputs)
             raise
-        regularizer = sum(weights[name] * value for name, value in terms.items())
-        loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer
-        self._check_finite(loss, {"task": task_loss, **terms}, inputs)
-        self._record(terms, weights)
-        return (loss, outputs) if return_outputs else loss
+        return task_loss, outputs, terms
+
+    def _token_average_scale(self, num_items_in_batch: torch.Tensor | int | None) -> int:
+        """The factor ``Trainer.compute_loss`` applies to a token-averaged loss across processes."""
+        if not (self.args.average_tokens_across_devices and num_items_in_batch is not None):
+            return 1
+        return self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
 
     def _check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], inputs: dict[str, Any]) -> None:
         """Stop before a NaN/inf loss reaches the weights: name the step, the term and the batch.
