@@ -108,6 +108,28 @@ def test_memory_is_capped_in_total():
     assert ast.literal_eval(big.stdout_tail.strip()) == [0, 0, 0, 0]
 
 
+FORKS = """
+import os, time
+started = 0
+for _ in range(40):
+    try:
+        if os.fork() == 0:
+            time.sleep(1)
+            os._exit(0)
+        started += 1
+    except BlockingIOError:  # EAGAIN: the cgroup's pids.max
+        break
+print(started)
+"""
+
+
+@pytest.mark.skipif(not any("pids" in k for k in CGROUP), reason="no writable cgroup with a pids controller")
+def test_processes_are_capped_in_total():
+    r = run_once(FORKS, 10, sandbox_isolation(), guard=False, limits=make_limits(10, 2048, 16, 10, 16))
+    started = int(r.stdout_tail.strip())
+    assert 1 <= started <= 10 + 8 - 2, r.stdout_tail  # max_processes + 8 tasks, of which the sandbox uses 2+
+
+
 @needs_namespaces
 def test_disk_is_capped_in_total(tmp_path):
     code = ("n = 0\ntry:\n    for i in range(20):\n        open(f'f{i}', 'wb').write(bytes(16 * 2**20))\n"

@@ -150,7 +150,8 @@ def run_once(code: str, timeout: float, level: str, guard: bool, limits: dict, t
         verdict_r, verdict_w = os.pipe()
         fds += [nonce_r, nonce_w, verdict_r, verdict_w]
         os.write(nonce_w, nonce)
-        cfg = dict(limits, guard=guard, source_fd=source_fd, nonce_fd=nonce_r, verdict_fd=verdict_w)
+        cfg = dict(limits, guard=guard, source_fd=source_fd, nonce_fd=nonce_r, verdict_fd=verdict_w,
+                   nonce_bytes=_NONCE_BYTES)
         cmd = ["/bin/sh", "-c", JOIN_SCRIPT, "sh", str(len(group.dirs)), *group.procs_files()] if group else []
         cmd += prefix
         if level == "namespaces":
