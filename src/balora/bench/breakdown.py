@@ -1,8 +1,12 @@
-"""Where BA-LoRA's step time goes: the reference forward alone and each regularizer's forward + backward.
+"""Where BA-LoRA's step time goes beyond LoRA's: the reference forward and the regularizers.
 
-Each piece is timed on the step's real tensors: the batch, the trained model, the (M, V) logit rows at the
-M scored positions, with the same functions and settings :func:`balora.training.terms.nlg_terms` uses.
-The student's own forward and backward through the model are LoRA's (the ``pissa`` row measures them).
+Every method's NLG step computes the head only at the M scored rows and the task cross-entropy over them
+(:mod:`balora.training.scored_rows`). BA-LoRA adds (a) the no-grad reference forward
+(:func:`balora.training.terms.reference_rows`) and (b) the terms: KL and top-K entropy in the same chunked
+pass as the cross-entropy, and the SVD term (through the frozen head when it applies). Each piece is timed
+on the step's real tensors with the trainer's own functions and settings (:func:`~balora.training.terms.
+nlg_terms`); ``regularizers_ms`` is the pass with all terms minus the cross-entropy-only pass, so the pieces
+add up to what BA-LoRA costs over LoRA (the rest is noise, or PiSSA vs LoRA).
 """
 
 from __future__ import annotations
@@ -11,83 +15,84 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import regularizers as R
-from ..training.terms import reference_outputs
+from ..training.scored_rows import ScoredRows, scored_forward
+from ..training.terms import nlg_terms, reference_rows, rows_of_logits
 from .memory import extra_peak_mib
-from .worker import median_ms
+from .timing import median_ms
 
 
-def _forward_backward(term: Any, leaf: torch.Tensor) -> Any:
-    """A callable that evaluates ``term`` on a fresh leaf copy of ``leaf`` and back-propagates it."""
+def _leaf_rows(rows: ScoredRows) -> ScoredRows:
+    """Fresh leaf copies of the student's rows, so each timed piece back-propagates on its own."""
+    def leaf(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().requires_grad_(True)
 
-    def run() -> None:
-        x = leaf.detach().requires_grad_(True)
-        term(x).backward()
-
-    return run
+    return ScoredRows(leaf(rows.hidden), leaf(rows.logits), rows.targets)
 
 
 def balora_breakdown(trainer: Any, model: nn.Module, inputs: dict[str, torch.Tensor], device: str,
                      reps: int) -> dict[str, Any]:
-    """Median milliseconds of each piece of a BA-LoRA step beyond the student's forward/backward.
+    """Median milliseconds (forward + backward) and extra peak memory of each piece of a BA-LoRA step.
 
-    ``reference_forward_ms``: :func:`~balora.training.terms.reference_outputs` (no grad, adapters switched
-    to the initial ones, scored rows gathered). ``gather_ms``: selecting the (M, V) rows from (B, T, V) and
-    scattering their gradient back. ``consistency_ms`` / ``diversity_ms`` / ``svd_ms``: each term forward +
-    backward on the rows; ``svd_exact_ms`` / ``svd_randomized_ms`` the two SVD methods; ``regularizers_ms``
-    all three together, weighted as in the loss. ``task_loss_ms``: the causal-LM cross-entropy over the
-    whole (B, T, V) logits in float32, which every method pays, for scale. ``<piece>_peak_mib``: how far
-    memory rises above its level while the piece runs alone (the reference rows and the step's logits,
-    already allocated, not counted).
+    ``reference_forward_ms``: the reference forward alone. ``task_loss_ms``: the cross-entropy pass every
+    method pays, for scale. ``regularizers_ms``: the pass with all three terms weighted as in the loss,
+    minus ``task_loss_ms``. ``consistency_ms`` / ``diversity_ms`` / ``svd_ms``: one term at a time (with
+    the cross-entropy, minus ``task_loss_ms``); ``svd_exact_ms`` / ``svd_randomized_ms`` /
+    ``svd_through_head_ms``: the SVD term's ways on its own. ``<piece>_peak_mib``: how far memory rises
+    above its level while the piece runs alone.
     """
-    config = trainer.balora_config
-    labels = inputs["labels"]
-    model.train()
-    ref_ms = median_ms(lambda: reference_outputs(model, inputs, "nlg"), device, reps)
-    teacher = reference_outputs(model, inputs, "nlg").logits
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits.detach()
-    rows = R.gather_valid(logits, labels).detach()
-    vocab = logits.shape[-1]
+    config, head = trainer.balora_config, trainer._scored_head
     weights = trainer.weight_schedule.weights_at(trainer.state.global_step, trainer.state.max_steps)
+    model.train()
+    teacher = reference_rows(model, inputs, head)
+    with torch.no_grad():
+        student = scored_forward(model, inputs, head) if head is not None else \
+            rows_of_logits(model(**{k: v for k, v in inputs.items() if k != "labels"}).logits, inputs["labels"])
 
-    def task_loss(z: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(z[:, :-1].float().reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100)
+    def pass_with(active: dict[str, float]) -> Any:
+        def run() -> None:
+            terms = nlg_terms(_leaf_rows(student), teacher, head, active, config)
+            sum(active.get(name, 1.0) * value for name, value in terms.items()).backward()
+        return run
 
-    def consistency(z: torch.Tensor) -> torch.Tensor:
-        return R.kl_rows(z, teacher, temperature=config.temperature)
+    def svd_alone(method: str, through_head: bool = False) -> Any:
+        def run() -> None:
+            rows = _leaf_rows(student)
+            if through_head:
+                ratio = R.svd_ratio_through_head(rows.hidden, k=config.nlg_svd_k, factor=head.gram_factor())
+            else:
+                ratio = R.svd_ratio(rows.logits, k=config.nlg_svd_k, method=method)
+            ratio.backward()
+        return run
 
-    def diversity(z: torch.Tensor) -> torch.Tensor:
-        return -R.topk_entropy_rows(z, top_k=config.top_k)
-
-    def svd(method: str) -> Any:
-        return lambda z: -R.svd_ratio(z, k=config.nlg_svd_k, method=method)
-
-    def all_terms(z: torch.Tensor) -> torch.Tensor:
-        return (weights["consistency"] * consistency(z) + weights["diversity"] * diversity(z)
-                + weights["svd"] * svd(config.svd_method)(z))
-
+    off = {"consistency": 0.0, "diversity": 0.0, "svd": 0.0}
     pieces = {
-        "task_loss_ms": (task_loss, logits),
-        "gather_ms": (lambda z: R.gather_valid(z, labels).float().sum(), logits),
-        "consistency_ms": (consistency, rows),
-        "diversity_ms": (diversity, rows),
-        "svd_ms": (svd(config.svd_method), rows),
-        "svd_exact_ms": (svd("exact"), rows),
-        "svd_randomized_ms": (svd("randomized"), rows),
-        "regularizers_ms": (all_terms, rows),
+        "task_loss_ms": pass_with(off),
+        "regularizers_ms": pass_with(weights),
+        "consistency_ms": pass_with({**off, "consistency": 1.0}),
+        "diversity_ms": pass_with({**off, "diversity": 1.0}),
+        "svd_ms": pass_with({**off, "svd": 1.0}),
+        "svd_exact_ms": svd_alone("exact"),
+        "svd_randomized_ms": svd_alone("randomized"),
     }
-    out: dict[str, Any] = {"reference_forward_ms": ref_ms}
-    for name, (term, leaf) in pieces.items():
-        out[name] = median_ms(_forward_backward(term, leaf), device, reps)
-    out["reference_forward_peak_mib"] = extra_peak_mib(lambda: reference_outputs(model, inputs, "nlg"), device)
-    for name in ("task_loss_ms", "gather_ms", "consistency_ms", "diversity_ms", "svd_ms", "regularizers_ms"):
-        term, leaf = pieces[name]
-        out[name.removesuffix("_ms") + "_peak_mib"] = extra_peak_mib(_forward_backward(term, leaf), device)
+    if head is not None and head.frozen_linear:
+        pieces["svd_through_head_ms"] = svd_alone("exact", through_head=True)
+    out: dict[str, Any] = {"reference_forward_ms": median_ms(lambda: reference_rows(model, inputs, head), device,
+                                                             reps)}
+    for name, run in pieces.items():
+        out[name] = median_ms(run, device, reps)
+    for name in ("regularizers_ms", "consistency_ms", "diversity_ms", "svd_ms"):
+        out[name] = round(max(0.0, out[name] - out["task_loss_ms"]), 3)
+    out["gather_ms"] = 0.0  # every method's step gathers the scored rows: not a BA-LoRA cost any more
+    out["reference_forward_peak_mib"] = extra_peak_mib(lambda: reference_rows(model, inputs, head), device)
+    for name in ("task_loss_ms", "regularizers_ms"):
+        out[name.removesuffix("_ms") + "_peak_mib"] = extra_peak_mib(pieces[name], device)
+    rows = student.logits
     auto = "exact" if min(rows.shape) <= R.AUTO_EXACT_MAX else "randomized"
     svd_used = auto if config.svd_method == "auto" else config.svd_method
-    out.update(scored_rows=rows.shape[0], vocab=vocab, svd_method=svd_used, svd_k=config.nlg_svd_k,
+    if head is not None and head.frozen_linear:
+        svd_used = "through the frozen head"
+    out.update(scored_rows=rows.shape[0], vocab=rows.shape[1], svd_method=svd_used, svd_k=config.nlg_svd_k,
                top_k=config.top_k, temperature=config.temperature)
     return out

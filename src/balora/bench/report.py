@@ -59,16 +59,17 @@ def format_breakdown(row: dict[str, Any]) -> str:
         lines.append(f"  BA-LoRA step {b['balora_step_ms']:.1f} ms - LoRA step {lora:.1f} ms = "
                      f"{b['over_lora_ms']:.1f} ms extra, of which:")
     lines += [
-        item("reference_forward_ms", "reference forward (no grad)"),
-        item("gather_ms", "gather scored rows + scatter grad"),
-        item("regularizers_ms", "all three regularizers"),
+        item("reference_forward_ms", "reference forward (no grad, scored rows)"),
+        item("regularizers_ms", "all three regularizers (over the CE pass)"),
         item("consistency_ms", f"  consistency (KL, T={b['temperature']:g})"),
         item("diversity_ms", f"  diversity (top-{b['top_k']} entropy)"),
         item("svd_ms", f"  SVD (k={b['svd_k']}, {b['svd_method']})"),
-        item("svd_exact_ms", "    SVD exact"),
-        item("svd_randomized_ms", "    SVD randomized"),
-        item("task_loss_ms", "task cross-entropy (every method, for scale)"),
+        item("svd_exact_ms", "    SVD exact on the logit rows"),
+        item("svd_randomized_ms", "    SVD randomized on the logit rows"),
     ]
+    if "svd_through_head_ms" in b:
+        lines.append(item("svd_through_head_ms", "    SVD through the frozen head (exact)"))
+    lines.append(item("task_loss_ms", "task cross-entropy pass (every method, for scale)"))
     if lora:
         lines.append(f"  {'rest (PiSSA vs LoRA step, noise)':<44} {b['unexplained_ms']:9.2f} ms")
         lines.append(f"  BA-LoRA peak memory is {b['over_lora_mib']:+.1f} MiB over LoRA's {b['lora_peak_mib']:.1f} MiB")

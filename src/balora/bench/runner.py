@@ -209,6 +209,6 @@ def _explain(pieces: dict[str, Any], balora_ms: float, lora_ms: float) -> None:
     for key in [k for k in pieces if k.endswith("_ms")]:
         pieces[key.removesuffix("_ms") + "_vs_lora"] = round(pieces[key] / lora_ms, 4)
     over = balora_ms - lora_ms
-    explained = pieces["reference_forward_ms"] + pieces["gather_ms"] + pieces["regularizers_ms"]
+    explained = pieces["reference_forward_ms"] + pieces.get("gather_ms", 0.0) + pieces["regularizers_ms"]
     pieces.update(lora_step_ms=lora_ms, balora_step_ms=balora_ms, over_lora_ms=round(over, 3),
                   unexplained_ms=round(over - explained, 3))

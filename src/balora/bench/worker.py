@@ -20,7 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from ..methods import DEFAULT_PISSA_NITER, METHODS
 from .memory import MemoryMeter
 from .shapes import build_model, make_batch, model_config
+from .timing import synchronize, timed
 
 DUAL = "dual-lora"
 NAIVE_DUAL = f"{DUAL}-naive"  # Dual LoRA through the direct formula (dense ΔW kept for backward)
@@ -58,26 +59,6 @@ class BenchSpec:
     task: str = "step"
     svd_niter: int = DEFAULT_PISSA_NITER
     threads: int | None = None
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], Any], device: str) -> float:
-    """Seconds one call of ``fn`` takes, the device's queue drained before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def median_ms(fn: Callable[[], Any], device: str, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        timed(fn, device)
-    return round(1000 * statistics.median(timed(fn, device) for _ in range(reps)), 3)
 
 
 def device_name(device: str) -> str:
