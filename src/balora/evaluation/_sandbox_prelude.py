@@ -74,9 +74,9 @@ _PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "he
 
 
 def _set_limits(cfg: dict) -> None:
+    """Per-process limits, set by the worker thread once it exists (RLIMIT_NPROC counts threads)."""
     import contextlib
     import resource
-    import signal
 
     limits = {
         "RLIMIT_CPU": cfg["cpu_s"],
@@ -98,8 +98,6 @@ def _set_limits(cfg: dict) -> None:
         pair = (value, value + 1) if name == "RLIMIT_CPU" else (value, value)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(which, pair)
-    # Past the file-size limit, writes raise OSError(EFBIG) instead of killing the process silently.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def _install_guards(sandbox_dir: str):
@@ -248,7 +246,7 @@ def _install_guards(sandbox_dir: str):
 
     import os
 
-    for name in ("setsid", "setpgid", "setpgrp", "mkfifo", "mknod", "chroot", "chdir", "fchdir"):
+    for name in ("setsid", "setpgid", "setpgrp", "mkfifo", "mknod", "chroot", "pidfd_open"):
         for module in (os, posix):  # not audited; the process group, cgroup and namespaces hold anyway
             if hasattr(module, name):
                 setattr(module, name, refuse(f"os.{name}"))
@@ -298,6 +296,7 @@ def _evaluate(cfg: dict, source: str) -> None:
         try:
             os.readv(cfg["nonce_fd"], [nonce])
             os.close(cfg["nonce_fd"])
+            _set_limits(cfg)
             frames_back = None
             code = compile(source, "program.py", "exec")
             namespace = {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__}
@@ -331,6 +330,7 @@ def main() -> None:
     import _thread
     import json
     import os
+    import signal
     import sys
     import time
 
@@ -342,7 +342,8 @@ def main() -> None:
     source = b"".join(chunks).decode("utf-8", errors="replace")
     with open("program.py", "w", encoding="utf-8") as f:  # for the line numbers of tracebacks
         f.write(source)
-    _set_limits(cfg)
+    # Past the file-size limit, writes raise OSError(EFBIG) instead of killing the process silently.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # main thread only
     if cfg["guard"]:
         for name in _PRELOAD:
             __import__(name)
