@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,18 @@ def test_rotation_keeps_the_newest_sealed_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
     assert all(ckpt.checkpoint_problem(p) is None for p in tmp_path.glob("checkpoint-*"))
     assert ckpt.resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+
+
+def test_train_resume_true_skips_a_half_written_newest_checkpoint(tmp_path):
+    _trainer(tmp_path, steps=4).train()
+    shutil.rmtree(tmp_path / "checkpoint-4")
+    shutil.copytree(tmp_path / "checkpoint-2", tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").unlink()  # what kill -9 mid-write leaves
+    (tmp_path / "checkpoint-4" / ckpt.MARKER).unlink(missing_ok=True)
+    trainer = _trainer(tmp_path, steps=4)
+    trainer.train(resume_from_checkpoint=True)  # transformers' own lookup would pick checkpoint-4 and fail
+    assert trainer.state.global_step == 4
+    assert not (tmp_path / "checkpoint-4").exists() or ckpt.checkpoint_problem(tmp_path / "checkpoint-4") is None
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from ..errors import NonFiniteLossError
 from ..methods import method_of
 from ..model_kind import regularizer_task
 from .callbacks import DualLoraWarmupCallback
+from .checkpoints import complete_or_absent, resume_checkpoint
 from .config import BALoRAConfig
 from .scored_rows import scored_forward, scored_head
 from .terms import (
@@ -118,7 +119,12 @@ class BALoRATrainer(Trainer):
             reference = reference_rows(model, inputs, self._scored_head)
         student = scored_forward(model, inputs, self._scored_head)
         passed = num_items_in_batch if self.model_accepts_loss_kwargs else None  # what the model would get
-        terms = nlg_terms(student, reference, self._scored_head, weights, self.balora_config, passed)
+        try:
+            terms = nlg_terms(student, reference, self._scored_head, weights, self.balora_config, passed)
+        except torch.linalg.LinAlgError:  # the SVD of NaN/inf rows: report the task loss that went bad
+            task = nlg_terms(student, None, self._scored_head, dict.fromkeys(TERMS, 0.0), self.balora_config, passed)
+            self._check_finite(task["task"], task, inputs)
+            raise
         task = terms.pop("task") * self._token_average_scale(passed)
         return task, terms
 
@@ -196,12 +202,19 @@ class BALoRATrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the last COMPLETE checkpoint (an
+        interrupted write is skipped, see :mod:`.checkpoints`), not merely the newest folder."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = resume_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no complete checkpoint in {self.args.output_dir} to resume from")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """Checkpoints hold the method's raw, resumable state (:meth:`Method.save_checkpoint`), so a run
         resumes exactly; ``save_model`` outside checkpoints writes the shareable export. Each checkpoint
         ends complete (sealed) or absent, and a full disk is a DiskFullError (:mod:`.checkpoints`)."""
-        from .checkpoints import complete_or_absent
-
         self._writing_checkpoint = True
         try:
             with complete_or_absent(self, trial):
