@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check gpu-check-prepare bench-docs
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/packaged.txt requirements/packaged-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,27 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/balora bench --model tiny --device cpu
+
+# docs/benchmarks.md, regenerated from the committed JSON in docs/bench/ (numbers are never typed in).
+bench-docs: $(VENV)/.installed
+	$(PY) scripts/make_benchmarks.py
+
+# The one-shot GPU check (docs/benchmarks.md): `make gpu-check-prepare` here writes $(GPU_CHECK_DIR)/, carry
+# that folder to the GPU machine and run `make gpu-check` there (its python3 has torch, transformers, peft
+# and accelerate; no venv). `make gpu-check DEVICE=cpu` is the same script on the CPU, micro shape.
+GPU_CHECK_DIR ?= .gpu-check
+OUT           ?= gpu-check-out
+DEVICE        ?= cuda
+CHECK_PY       = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check-prepare: $(VENV)/.installed
+	PYTHONPATH=src $(PY) scripts/gpu_check_prepare.py --data $(GPU_CHECK_DIR)
+
+$(GPU_CHECK_DIR)/manifest.json:
+	$(MAKE) gpu-check-prepare
+
+gpu-check: $(if $(filter cpu,$(DEVICE)),$(GPU_CHECK_DIR)/manifest.json)
+	PYTHONPATH=src $(CHECK_PY) scripts/gpu_check.py --device $(DEVICE) --data $(GPU_CHECK_DIR) --out $(OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

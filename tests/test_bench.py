@@ -244,3 +244,15 @@ def test_recomputing_dual_lora_saves_no_dense_matrix_but_naive_does():
     with naive_dual_lora():
         assert dense in _saved_shapes(layer, x)
     assert dense not in _saved_shapes(layer, x)  # the patch is undone
+
+
+def test_benchmarks_page_is_what_the_committed_json_gives():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("make_benchmarks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "docs/benchmarks.md is stale: run `make bench-docs`"
+    assert "<!-- BEGIN tiny-report -->" in module.DOC.read_text()
