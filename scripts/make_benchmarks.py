@@ -91,7 +91,7 @@ def tiny_findings(rows: list[dict[str, Any]]) -> str:
         if "over_lora_ms" in parts:
             pieces = [(k, label) for k, label in (("reference_forward_ms", "the reference forward"),
                                                   ("gather_ms", "gathering the scored rows"),
-                                                  ("regularizers_ms", "the three regularizers")) if k in parts]
+                                                  ("regularizers_ms", "the three regularizers")) if parts.get(k)]
             split = ", ".join(f"{label} {parts[k]:.0f} ms ({parts[k] / parts['lora_step_ms']:.2f}× a LoRA step)"
                               for k, label in pieces)
             line += (f" Its extra {parts['over_lora_ms']:.0f} ms over LoRA: {split}; "

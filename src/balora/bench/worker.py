@@ -61,6 +61,15 @@ class BenchSpec:
     threads: int | None = None
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
@@ -218,6 +227,8 @@ def measure_method(spec: BenchSpec) -> dict[str, Any]:
             "steps": spec.steps,
             "warmup": spec.warmup,
             "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
             "threads": torch.get_num_threads(),
             "fresh_process": spec.fresh_process,
             "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
