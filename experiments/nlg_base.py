@@ -32,7 +32,7 @@ def main() -> int:
     test.to_json(out / "test.jsonl", lines=True)
     command = ["balora", "eval", "--model", settings.model, "--dataset", str(out / "test.jsonl"),
                "--generate-size", str(settings.generate_size), "--max-new-tokens", str(settings.max_new_tokens),
-               "--max-length", str(settings.max_length), "--batch-size", str(settings.eval_batch_size),
+               "--max-length", str(settings.max_length), "--eval-batch-size", str(settings.eval_batch_size),
                "--output", str(out / "base.json")]
     print(" ".join(command))
     return subprocess.run(command, check=False).returncode

@@ -152,3 +152,32 @@ def test_dual_lora_warmup_defaults_to_a_tenth_of_the_run(tiny_dir, data_file, tm
     assert main(_train_args(tiny_dir, data_file, out, "dual-lora", "--max-steps", "30")) == 0
     saved = json.loads((out / "adapter" / "balora_adapter.json").read_text())
     assert saved["method"] == "dual-lora" and saved["peft_config"]["warmup_steps"] == 3
+
+
+def test_train_and_eval_share_option_names_and_help():
+    """One name per option: eval's options are train's (same flag, type and help); train lists every regularizer
+    setting; the old eval flag --batch-size still works with a warning."""
+    import argparse
+
+    from balora.cli.main import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train, evaluate = subparsers.choices["train"], subparsers.choices["eval"]
+    flags = {o: a for a in train._actions for o in a.option_strings}
+    for option in ("--temperature", "--top-k", "--nlu-svd-k", "--nlg-svd-k", "--svd-method", "--nlu-target",
+                   "--preset", "--consistency-weight", "--rank", "--lora-dropout", "--pissa-niter"):
+        assert option in flags, option
+    for action in evaluate._actions:
+        for option in action.option_strings:
+            if option in flags and option not in ("-h", "--help", "--config", "--output", "--batch-size"):
+                assert action.help == flags[option].help and action.dest == flags[option].dest, option
+    args = parser.parse_args(["eval", "--model", "m", "--dataset", "d", "--batch-size", "7"])
+    assert args.eval_batch_size == 7
+    args = parser.parse_args(["train", "--model", "m", "--dataset", "d", "--output", "o", "--temperature", "3",
+                              "--svd-method", "exact"])
+    from balora.cli.train import settings_from_args
+
+    settings = settings_from_args(args)
+    assert settings.regularizers.temperature == 3.0 and settings.regularizers.svd_method == "exact"
+    assert settings.to_dict()["temperature"] == 3.0  # config.yaml: the same flat name

@@ -18,6 +18,19 @@ EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; a checkpoint was written when training
 logger = logging.getLogger("balora")
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old option name that still works for one release, with a warning naming the new one."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        logger.warning("%s is deprecated and goes in the next release; use %s", option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None,

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 
-from .common import add_config_option
+from ..experiment.settings import TrainSettings
+from .common import DeprecatedAlias, add_config_option
+from .train import add_settings_arguments
+
+#: the ``balora train`` options that evaluation reads: the same names, types, help and validation
+EVAL_OPTIONS = ("model", "dataset", "task", "eval_size", "generate_size", "max_new_tokens", "max_length",
+                "eval_batch_size", "data_seed", "dtype", "text_column", "text_pair_column", "label_column",
+                "prompt_column", "response_column", "trust_remote_code", "allow_unsafe_sandbox")
 
 EXAMPLES = """examples:
   balora eval --model minilm --adapter runs/tweets/adapter --dataset tweets --eval-size 500
@@ -19,32 +27,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(parser)
-    parser.add_argument("--model", required=True, help="the ORIGINAL base model the adapter was trained on")
     parser.add_argument("--adapter", default=None,
                         help="adapter directory (a run's adapter/ folder); omit it to evaluate the base model "
                              "itself (generation tasks only)")
-    parser.add_argument("--dataset", required=True, help="packaged data set or local file to evaluate on")
-    parser.add_argument("--task", default="auto", help="task; default: the run's, else from the data set")
-    parser.add_argument("--eval-size", type=int, default=None, help="evaluate on at most this many rows")
-    parser.add_argument("--generate-size", type=int, default=100, help="generation prompts (math, code)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="generation length")
-    parser.add_argument("--max-length", type=int, default=128, help="maximum tokens per example")
-    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the --eval-size subsample")
     parser.add_argument("--output", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--allow-other-base", action="store_true",
                         help="load an adapter whose adapter_config.json names another base model (its shapes "
                              "must still match), e.g. the same model moved to another folder")
+    add_settings_arguments(parser, only=EVAL_OPTIONS)
+    parser.add_argument("--batch-size", dest="eval_batch_size", type=int, action=DeprecatedAlias,
+                        new="--eval-batch-size", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment.standalone import evaluate_adapter
 
-    metrics = evaluate_adapter(
-        model=args.model, adapter=args.adapter, dataset=args.dataset, task=args.task, eval_size=args.eval_size,
-        generate_size=args.generate_size, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
-        batch_size=args.batch_size, data_seed=args.data_seed, output=args.output,
-        allow_other_base=args.allow_other_base,
-    )
+    values = {k: v for k, v in vars(args).items() if k in EVAL_OPTIONS}
+    settings = TrainSettings.from_dict({**values, "output": tempfile.gettempdir()})
+    metrics = evaluate_adapter(settings, args.adapter, output=args.output, allow_other_base=args.allow_other_base)
     print(json.dumps(metrics, indent=2))
     return 0

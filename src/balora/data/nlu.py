@@ -31,9 +31,12 @@ class NLUColumns:
     label: str = "label"
 
     @classmethod
-    def infer(cls, column_names: Sequence[str], text: str = "text", label: str = "label") -> NLUColumns:
-        """Defaults, with ``text_pair`` used when the data has such a column."""
-        return cls(text, "text_pair" if "text_pair" in column_names else None, label)
+    def infer(cls, column_names: Sequence[str], text: str = "text", label: str = "label",
+              text_pair: str | None = None) -> NLUColumns:
+        """The columns to read: ``text_pair`` as given, else the data's ``text_pair`` column when it has one."""
+        if text_pair is None and "text_pair" in column_names:
+            text_pair = "text_pair"
+        return cls(text, text_pair, label)
 
     def names(self) -> list[str]:
         return [c for c in (self.text, self.text_pair, self.label) if c is not None]

@@ -44,6 +44,12 @@ class ExperimentData:
         return 1 if self.task == "regression" else len(self.label_names or [])
 
 
+def nlu_columns(settings: TrainSettings, column_names: list[str]) -> NLUColumns:
+    """The text / second text / label columns a run reads (the one place they are resolved)."""
+    return NLUColumns.infer(column_names, text=settings.text_column, label=settings.label_column,
+                            text_pair=settings.text_pair_column)
+
+
 def infer_task(settings: TrainSettings, columns: list[str]) -> str:
     """The task of ``settings.dataset``: the packaged registry's, else from the columns."""
     if settings.task != "auto":
@@ -96,11 +102,9 @@ def _generated_size(settings: TrainSettings) -> int | None:
 def load_experiment_data(settings: TrainSettings) -> ExperimentData:
     raw = _load(settings.dataset, settings, size=_generated_size(settings))
     task = infer_task(settings, raw.column_names)
-    columns = NLUColumns(text=settings.text_column, text_pair=settings.text_pair_column, label=settings.label_column)
+    columns = nlu_columns(settings, raw.column_names)
     label_names = None
     if task in NLU_TASKS:
-        if settings.text_pair_column is None:
-            columns = NLUColumns.infer(raw.column_names, text=settings.text_column, label=settings.label_column)
         raw, label_names = prepare_nlu(raw, columns, task, label_names=fixed_labels(settings, task))
     elif settings.label_noise or settings.imbalance_ratio:
         raise ConfigError("--label-noise and --imbalance-ratio apply to classification data only.")
@@ -146,6 +150,5 @@ def _load_aligned(name: str, settings: TrainSettings, task: str, columns: NLUCol
     """An extra evaluation set with the training data's label mapping."""
     dataset = _load(name, settings)
     if task in NLU_TASKS:
-        cols = NLUColumns.infer(dataset.column_names, text=settings.text_column, label=settings.label_column)
-        dataset, _ = prepare_nlu(dataset, cols, task, label_names=label_names)
+        dataset, _ = prepare_nlu(dataset, nlu_columns(settings, dataset.column_names), task, label_names=label_names)
     return dataset

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..data import NLUColumns, sft_collator, tokenize_nlu, tokenize_sft
+from ..data import sft_collator, tokenize_nlu, tokenize_sft
 from ..evaluation import (
     classification_metrics,
     evaluate_humaneval,
@@ -24,6 +24,7 @@ from ..evaluation import (
     math_accuracy,
     regression_metrics,
 )
+from .data import nlu_columns
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -36,9 +37,7 @@ def response_column(task: str, settings: TrainSettings) -> str:
 
 def tokenize(dataset: Any, tokenizer: Any, task: str, settings: TrainSettings) -> Any:
     if task in ("classification", "regression"):
-        columns = NLUColumns.infer(dataset.column_names, text=settings.text_column, label=settings.label_column)
-        if settings.text_pair_column:
-            columns = NLUColumns(settings.text_column, settings.text_pair_column, settings.label_column)
+        columns = nlu_columns(settings, dataset.column_names)
         return tokenize_nlu(dataset, tokenizer, columns, max_length=settings.max_length)
     return tokenize_sft(dataset, tokenizer, prompt_column=settings.prompt_column,
                         response_column=response_column(task, settings), max_length=settings.max_length)
@@ -86,7 +85,8 @@ def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, set
         completions = generate_greedy(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
                                       batch_size=settings.eval_batch_size)
     if task == "code":
-        result = evaluate_humaneval([dict(r) for r in rows], completions)
+        result = evaluate_humaneval([dict(r) for r in rows], completions,
+                                    allow_unsafe_sandbox=settings.allow_unsafe_sandbox)
         _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions, extract=False)
         return {"pass@1": float(result["pass@1"]), "code_n": float(result["n"])}
     references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]

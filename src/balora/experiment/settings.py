@@ -69,6 +69,9 @@ class TrainSettings:
     resume: bool = _opt(False, "continue from the last checkpoint in OUTPUT")
     overwrite: bool = _opt(False, "replace a finished run in OUTPUT")
     trust_remote_code: bool = _opt(False, "allow a model directory's own Python code to run")
+    allow_unsafe_sandbox: bool = _opt(False, "run generated code (HumanEval) even where mount/PID/network "
+                                             "namespaces are unavailable; the code can then change or delete your "
+                                             "files, kill your processes and read their environment")
     adapter: AdapterOptions = field(default_factory=AdapterOptions, metadata={"group": True})
     regularizers: BALoRAConfig = field(default_factory=BALoRAConfig, metadata={"group": True})
 
