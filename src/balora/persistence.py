@@ -1,4 +1,4 @@
-"""Loading adapters the way peft users expect (SPEC sections 1 and 7); saving is each method's export.
+"""Loading adapters the way peft users expect (design §1 and §7); saving is each method's export.
 
 ``model.save_pretrained(dir)`` on a model from :func:`balora.adapt` writes what users share:
 

@@ -1,4 +1,4 @@
-"""The pre-trained model's outputs from the model being trained (SPEC section 2.1).
+"""The pre-trained model's outputs from the model being trained (design §2.1).
 
 ``with as_pretrained(model): model(**batch)`` gives P, the model before fine-tuning, in every part. How
 is the method's business (:meth:`balora.methods.Method.reference`):
@@ -27,7 +27,7 @@ from .methods import method_of
 
 @contextlib.contextmanager
 def as_pretrained(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, forward passes of ``model`` give the PRE-TRAINED model's outputs (SPEC 2.1).
+    """Inside the block, forward passes of ``model`` give the PRE-TRAINED model's outputs (design §2.1).
 
     ``model`` may be wrapped (DDP/accelerate ``.module``); the block yields ``model`` itself.
     """

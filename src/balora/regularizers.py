@@ -1,4 +1,4 @@
-"""The three BA-LoRA regularizers for NLU and NLG (SPEC sections 2.2, 2.3 and 7).
+"""The three BA-LoRA regularizers for NLU and NLG (design §2.2, §2.3 and §7).
 
 Every public ``nlu_*`` / ``nlg_*`` function returns a float scalar to ADD to the loss with a positive
 weight, so a quantity the paper maximises appears with a minus sign. Inputs may be bf16/fp16; they are
@@ -18,7 +18,7 @@ CPU), so only a few float32 (rows x V) chunk temporaries are alive; the custom a
 recomputes each chunk in backward instead of keeping M x V float32 probabilities, and keeps only the
 (M, top_k) top-K indices. The SVD term reads the
 rows in upcast column blocks of CHUNK_ELEMENTS (Gram matrix / range finder) and keeps only the small
-detached basis for backward; through a frozen linear head (SPEC 8.2) it needs only the (M, h) head inputs.
+detached basis for backward; through a frozen linear head (design §2.3) it needs only the (M, h) head inputs.
 Outputs are float32 (float64 for float64 inputs).
 """
 
@@ -63,7 +63,7 @@ CHUNK_ELEMENTS = 2**24
 CPU_CHUNK_ELEMENTS = 2**22
 #: ``method="auto"`` uses the exact SVD while min(M, V) <= this, the randomized one above it. Measured on
 #: one CPU thread (V = 49,152): exact 115 ms vs randomized 294 ms at M = 256, 564 vs 602 ms at M = 744; on a
-#: GPU the M x M float64 eigh grows costly (SPEC 6: 96.5 ms at M = 2,048), so 512 is a conservative switch.
+#: GPU the M x M float64 eigh grows costly (design §6: 96.5 ms at M = 2,048), so 512 is a conservative switch.
 AUTO_EXACT_MAX = 512
 _TINY = 1e-12
 
@@ -88,7 +88,7 @@ def rows_per_chunk(chunk_size: int | None, width: int, device: torch.device | No
 
 
 def nlu_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """L_CR for NLU: (1/N) sum_n (1/C) || zF/||zF|| - zP/||zP|| ||^2 (SPEC 2.2).
+    """L_CR for NLU: (1/N) sum_n (1/C) || zF/||zF|| - zP/||zP|| ||^2 (design §2.2).
 
     ``student_logits`` and ``teacher_logits``: (N, C). Normalising makes the term scale invariant, so it
     keeps the direction of the pre-trained logits without fixing their temperature. The teacher is
@@ -164,7 +164,7 @@ def gather_valid(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int =
 
 def kl_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float = 2.0,
             chunk_size: int | None = None) -> torch.Tensor:
-    """T^2 * (1/M) sum_m KL(softmax(zP_m/T) || softmax(zF_m/T)) over (M, V) rows (L_CR, SPEC 2.3).
+    """T^2 * (1/M) sum_m KL(softmax(zP_m/T) || softmax(zF_m/T)) over (M, V) rows (L_CR, design §2.3).
 
     The teacher is detached. Log-sum-exp throughout, never log(softmax). M = 0 gives a graph-attached zero.
     """
@@ -278,7 +278,7 @@ def topk_singular_sum(z: torch.Tensor, k: int, method: str = "auto", oversample:
 
 def svd_ratio(z: torch.Tensor, k: int = 10, method: str = "auto", oversample: int = 20, niter: int = 4,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """sum_{i<=k} sigma_i(Z) / ||Z||_F for Z (M, V) rows (>= 0; SPEC 2.3's L_SVDR is its negative).
+    """sum_{i<=k} sigma_i(Z) / ||Z||_F for Z (M, V) rows (>= 0; design §2.3's L_SVDR is its negative).
 
     The Frobenius norm is exact (reduced in float32 without an upcast copy); see
     :func:`topk_singular_sum` for ``method``. The ratio is NOT capped at 1: with k >= rank(Z) it is
@@ -302,7 +302,7 @@ def svd_ratio(z: torch.Tensor, k: int = 10, method: str = "auto", oversample: in
 
 @torch.no_grad()
 def head_gram_factor(head_weight: torch.Tensor, head_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """L (h', r) with L L^T = G = Wa^T Wa, Wa = [W | b] (V, h'): h' = h, or h + 1 with a bias (SPEC 8.2).
+    """L (h', r) with L L^T = G = Wa^T Wa, Wa = [W | b] (V, h'): h' = h, or h + 1 with a bias (design §2.3).
 
     Then Z Z^T = Ha G Ha^T = (Ha L)(Ha L)^T for Z = H W^T + b and Ha = [H | 1], so Z (M, V) and the small
     Ha L (M, r) have the same singular values and Frobenius norm. G is accumulated over row blocks of W
@@ -333,7 +333,7 @@ def svd_ratio_through_head(hidden_rows: torch.Tensor, head_weight: torch.Tensor 
                            head_bias: torch.Tensor | None = None, k: int = 10, factor: torch.Tensor | None = None,
                            method: str = "auto", oversample: int = 20, niter: int = 4,
                            generator: torch.Generator | None = None) -> torch.Tensor:
-    """:func:`svd_ratio` of Z = hidden_rows @ W^T (+ b) without building Z (M, V) (SPEC 8.2).
+    """:func:`svd_ratio` of Z = hidden_rows @ W^T (+ b) without building Z (M, V) (design §2.3).
 
     ``hidden_rows`` (M, h): the frozen linear head's inputs at the scored rows (gradient flows to them);
     ``head_weight`` (V, h) / ``head_bias`` (V,), or ``factor`` = :func:`head_gram_factor` of them (pass it
@@ -363,7 +363,7 @@ def svd_ratio_through_head(hidden_rows: torch.Tensor, head_weight: torch.Tensor 
 
 def nlg_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                     temperature: float = 2.0, chunk_size: int | None = None) -> torch.Tensor:
-    """L_CR for NLG: T^2 * mean over valid positions of KL(softmax(zP/T) || softmax(zF/T)) (SPEC 2.3).
+    """L_CR for NLG: T^2 * mean over valid positions of KL(softmax(zP/T) || softmax(zF/T)) (design §2.3).
 
     ``student_logits``, ``teacher_logits``: (B, T, V), any float dtype; ``labels``: (B, T) unshifted.
     The teacher is detached. No valid position gives a graph-attached zero.
@@ -374,7 +374,7 @@ def nlg_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def nlg_diversity(student_logits: torch.Tensor, labels: torch.Tensor, top_k: int = 20,
                   chunk_size: int | None = None) -> torch.Tensor:
-    """L_DR for NLG: - mean over valid positions of H(softmax(top_K(zF))) (SPEC 2.3).
+    """L_DR for NLG: - mean over valid positions of H(softmax(top_K(zF))) (design §2.3).
 
     The entropy is MAXIMISED, hence the minus sign. ``student_logits`` (B, T, V); ``labels`` (B, T).
     """
@@ -383,7 +383,7 @@ def nlg_diversity(student_logits: torch.Tensor, labels: torch.Tensor, top_k: int
 
 def nlg_svd(student_logits: torch.Tensor, labels: torch.Tensor, k: int = 10, method: str = "auto",
             oversample: int = 20, niter: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """L_SVDR for NLG: - sum_{i<=k} sigma_i(Z_F) / ||Z_F||_F over the M valid rows (SPEC 2.3).
+    """L_SVDR for NLG: - sum_{i<=k} sigma_i(Z_F) / ||Z_F||_F over the M valid rows (design §2.3).
 
     ``student_logits`` (B, T, V); ``labels`` (B, T). See :func:`svd_ratio` for ``method`` and its
     measured accuracy. Unlike the NLU term this is not -1 when k >= min(M, V) (the denominator is the

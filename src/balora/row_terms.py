@@ -1,4 +1,4 @@
-"""Cross-entropy, temperature KL and top-K entropy over scored rows, fused and chunked (SPEC 2.3, 6).
+"""Cross-entropy, temperature KL and top-K entropy over scored rows, fused and chunked (design §2.3, 6).
 
 One pass over row chunks computes the three SUMS (not means) the NLG step needs from the student's rows:
 

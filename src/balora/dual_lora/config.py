@@ -1,4 +1,4 @@
-"""Dual LoRA as a peft ``LoraConfig`` variant (SPEC section 3).
+"""Dual LoRA as a peft ``LoraConfig`` variant (design §3).
 
 peft selects a LoRA layer variant from config fields tagged ``is_lora_variant``; ``use_dual_lora`` is
 such a field, and :class:`~balora.dual_lora.layer.DualLoraLinear` maps it to the Dual LoRA variant.

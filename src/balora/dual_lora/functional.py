@@ -1,4 +1,4 @@
-"""The pure math of Dual LoRA (SPEC section 3), importing only torch.
+"""The pure math of Dual LoRA (design §3), importing only torch.
 
 ΔW = scale · ReLU(B·A) ⊙ Sign(D·C), with A (r1, d_in), B (d_out, r1), C (r2, d_in), D (d_out, r2).
 ``scale`` is a Python float that already includes alpha / sqrt(r1·r2) and any warm-up factor.
@@ -8,7 +8,7 @@ straight-through estimator whose backward passes the incoming gradient clipped t
 
 :func:`delta_weight` is the reference formula (plain autograd, used for merging). :func:`dual_lora_forward`
 is the training path: a custom autograd Function that saves only x, A, B, C, D and recomputes the dense
-(d_out, d_in) intermediates in backward, so activation memory stays close to LoRA's (SPEC section 3).
+(d_out, d_in) intermediates in backward, so activation memory stays close to LoRA's (design §3).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _SignSTE(torch.autograd.Function):
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
-    """Sign(x) = +1 for x > 0, -1 otherwise; backward is ``grad.clamp(-1, 1)`` (SPEC section 3).
+    """Sign(x) = +1 for x > 0, -1 otherwise; backward is ``grad.clamp(-1, 1)`` (design §3).
 
     Shape and dtype are those of ``x``. The straight-through gradient lets the direction group (C, D)
     learn although Sign's true derivative is zero almost everywhere; the clip bounds the update.
@@ -51,7 +51,7 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
 def delta_weight(
     A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """ΔW = scale · ReLU(B @ A) ⊙ Sign(D @ C), shape (d_out, d_in) (SPEC section 3).
+    """ΔW = scale · ReLU(B @ A) ⊙ Sign(D @ C), shape (d_out, d_in) (design §3).
 
     A (r1, d_in), B (d_out, r1), C (r2, d_in), D (d_out, r2). Differentiable through plain autograd and
     :func:`sign_ste`, so it keeps dense intermediates for backward: use it for merging and as the
@@ -170,7 +170,7 @@ class _DualLoraFunction(torch.autograd.Function):
 def dual_lora_forward(
     x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """The Dual LoRA update x @ ΔWᵀ: x (..., d_in) -> (..., d_out) (SPEC section 3).
+    """The Dual LoRA update x @ ΔWᵀ: x (..., d_in) -> (..., d_out) (design §3).
 
     Memory-efficient training path: only x, A, B, C, D are saved for backward; ReLU(B @ A), Sign(D @ C)
     and ΔW are rebuilt in backward instead of being kept (each is a dense (d_out, d_in) matrix). The

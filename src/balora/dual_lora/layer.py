@@ -1,4 +1,4 @@
-"""peft glue for Dual LoRA: a LoRA ``Linear`` layer with a registered variant (SPEC sections 3 and 7).
+"""peft glue for Dual LoRA: a LoRA ``Linear`` layer with a registered variant (design §3 and §7).
 
 Parameter layout (per adapter), chosen so that peft's own state-dict, device and requires-grad handling
 applies unchanged:
@@ -30,7 +30,7 @@ class DualLoraLinearVariant(LoraVariant):
     """Forward, merge and unmerge of ΔW = scale · ReLU(B·A) ⊙ Sign(D·C) · warm-up."""
 
     def supports_lora_conversion(self) -> bool:
-        # ΔW is close to full rank: it has no faithful plain-LoRA form (SPEC section 3).
+        # ΔW is close to full rank: it has no faithful plain-LoRA form (design §3).
         return False
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Evaluation: GLUE metrics, math answers, sandboxed code tests, batched greedy generation (SPEC 4).
+"""Evaluation: GLUE metrics, math answers, sandboxed code tests, batched greedy generation (design §4).
 
 Importing this package is cheap: scikit-learn, scipy, torch and transformers are imported inside the
 functions that need them.

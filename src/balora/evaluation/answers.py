@@ -1,4 +1,4 @@
-"""Math word problems scored by the final numeric answer (SPEC section 4, NLG row).
+"""Math word problems scored by the final numeric answer (design §4, NLG row).
 
 Where the answer is found, in order of trust:
 1. after the last ``####`` (GSM8K's own format, and what the training data teaches);

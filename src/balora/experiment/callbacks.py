@@ -1,4 +1,4 @@
-"""Callbacks of an experiment run: representations over training for the t-SNE figures (SPEC 4)."""
+"""Callbacks of an experiment run: representations over training for the t-SNE figures (design §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A grid of runs: methods x settings x seeds, each a ``balora train`` run in its own folder (SPEC 4).
+"""A grid of runs: methods x settings x seeds, each a ``balora train`` run in its own folder (design §4).
 
 ``OUT/cells/<cell>/`` holds each run; a cell with ``metrics.json`` is finished and skipped on re-runs, an
 interrupted one resumes from its last checkpoint. ``OUT/results.csv`` / ``results.json`` hold one row per

@@ -1,4 +1,4 @@
-"""An experiment's data: load, validate, split, then perturb the training split only (SPEC section 4).
+"""An experiment's data: load, validate, split, then perturb the training split only (design §4).
 
 Order: load → validate labels/columns → split train/validation/test (seeded, stratified) → subsample the
 training split → class imbalance → label noise. Validation, test and out-of-domain sets stay clean.

@@ -1,4 +1,4 @@
-"""The public entry points over the registry: :func:`adapt` and :func:`set_training_step` (SPEC section 7)."""
+"""The public entry points over the registry: :func:`adapt` and :func:`set_training_step` (design §7)."""
 
 from __future__ import annotations
 

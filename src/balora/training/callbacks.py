@@ -10,7 +10,7 @@ from ..methods import set_training_step
 
 
 class DualLoraWarmupCallback(TrainerCallback):
-    """Sets Dual LoRA's warm-up factor min(1, step / warmup_steps) before each optimizer step (SPEC 3).
+    """Sets Dual LoRA's warm-up factor min(1, step / warmup_steps) before each optimizer step (design §3).
 
     At step 0 the factor is 0, so the first forward is the pre-trained model's (L_CR = 0 there too).
     On resume the factor follows the restored ``global_step``. A no-op for other methods.

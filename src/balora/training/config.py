@@ -1,4 +1,4 @@
-"""Settings of the BA-LoRA regularizers, as a dataclass with help texts (SPEC section 2)."""
+"""Settings of the BA-LoRA regularizers, as a dataclass with help texts (design §2)."""
 
 from __future__ import annotations
 

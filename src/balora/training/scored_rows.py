@@ -1,4 +1,4 @@
-"""The causal-LM step on the scored rows only: no (B, T, V) logits (SPEC 2.3, 6, 8.2).
+"""The causal-LM step on the scored rows only: no (B, T, V) logits (design §2.3, 6, 8.2).
 
 A causal LM's loss reads the logits only where ``labels[:, t + 1] != -100`` (M rows, often half of B*T or
 fewer), yet ``model(**batch)`` builds all B*T rows of V logits (plus a float32 copy for the loss). Here
@@ -47,7 +47,7 @@ class ScoredHead:
     ``module``: the head as the model calls it (a peft wrapper when the head is targeted or saved);
     ``weight`` (V, h) / ``bias`` (V,): its parameters when ``module`` is itself a plain ``nn.Linear``, else
     None. ``frozen_linear``: plain ``nn.Linear`` with no trainable parameter, so the reference goes through
-    the same head and the SVD term can run through it (SPEC 8.2, :meth:`gram_factor`).
+    the same head and the SVD term can run through it (design §2.3, :meth:`gram_factor`).
     """
 
     module: nn.Module
@@ -192,7 +192,7 @@ def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: Scor
     CE, KL and top-K entropy come from ONE chunked pass over the student's rows: over ``student.logits``
     when present, else (``logits=False`` forwards, frozen head) over H W^T rebuilt chunk by chunk, which
     then needs ``reference`` as hidden rows too. The SVD term runs through the head when it is frozen and
-    linear (exact, SPEC 8.2) and on the logits rows otherwise.
+    linear (exact, design §2.3) and on the logits rows otherwise.
     """
     want_kl = weights.get("consistency", 0) > 0 and reference is not None
     want_ent = weights.get("diversity", 0) > 0

@@ -109,7 +109,7 @@ def nlg_terms(student: ScoredRows, reference: ScoredRows | None, head: ScoredHea
 
 
 def nlu_target_rule(num_classes: int, config: BALoRAConfig) -> str:
-    """'logits' when C > k (the paper's choice), else 'pooled' (SPEC 2.2), unless set explicitly."""
+    """'logits' when C > k (the paper's choice), else 'pooled' (design §2.2), unless set explicitly."""
     if config.nlu_target != "auto":
         return config.nlu_target
     return "logits" if num_classes > config.nlu_svd_k else "pooled"

@@ -1,4 +1,4 @@
-"""``BALoRATrainer``: a ``transformers.Trainer`` whose loss is task + Σ λ_i · term_i (SPEC sections 2, 7).
+"""``BALoRATrainer``: a ``transformers.Trainer`` whose loss is task + Σ λ_i · term_i (design §2, §7).
 
 Every method goes through the same code path: with the ``none`` preset (the default for methods other
 than ``ba-lora``) the loss is the task loss alone, so LoRA, PiSSA, DoRA, Dual LoRA and full fine-tuning

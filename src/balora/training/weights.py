@@ -1,4 +1,4 @@
-"""Regularizer weights λ1 (consistency), λ2 (diversity), λ3 (SVD) and their schedules (SPEC section 2.4).
+"""Regularizer weights λ1 (consistency), λ2 (diversity), λ3 (SVD) and their schedules (design §2.4).
 
 Presets:
 
