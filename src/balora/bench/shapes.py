@@ -39,7 +39,7 @@ SHAPES: dict[str, Shape] = {
     "tiny": Shape(
         dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False),
-        "float32", 4, 128, "the design's CPU shape (§6): Llama, 4 layers, hidden 256, intermediate 688, vocabulary 32,000",
+        "float32", 4, 128, "design §6 CPU shape: Llama, 4 layers, hidden 256, intermediate 688, vocabulary 32,000",
     ),
     "llama-1b": Shape(
         dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
