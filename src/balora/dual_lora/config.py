@@ -13,6 +13,7 @@ from peft import LoraConfig
 
 from ..errors import ConfigError
 from ..peft_compat import register_lora_layer
+from .functional import SIGN_GRADS
 
 
 @dataclass
@@ -32,6 +33,12 @@ class DualLoraConfig(LoraConfig):
     init_std: float = field(
         default=0.01,
         metadata={"help": "Std of the Gaussian init of B and D; A and C get std 1/sqrt(d_in)."},
+    )
+    sign_grad: str = field(
+        default="clip",
+        metadata={"help": "Sign's straight-through gradient: clip (incoming gradient clamped to [-1, 1]), "
+                          "hardtanh (incoming gradient where |DC| <= 1, else 0) or identity (unchanged).",
+                  "choices": SIGN_GRADS},
     )
 
     def __post_init__(self) -> None:
@@ -53,6 +60,8 @@ class DualLoraConfig(LoraConfig):
                 f"dual-lora needs r1 + r2 == r, got r1={self.r1} + r2={self.r2} != r={self.r}; "
                 "change r1/r2 or r so that they add up."
             )
+        if self.sign_grad not in SIGN_GRADS:
+            raise ConfigError(f"sign_grad must be one of {', '.join(SIGN_GRADS)}; got {self.sign_grad!r}.")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
         if self.rank_pattern or self.alpha_pattern:

@@ -51,6 +51,7 @@ class DualLoraLinearVariant(LoraVariant):
         module.lora_warmup[adapter_name] = torch.tensor(start, device=weight.device, dtype=torch.float32)
         module.scaling[adapter_name] = module.lora_alpha[adapter_name] / math.sqrt(r1 * r2)
         module.dual_warmup_steps[adapter_name] = config.warmup_steps
+        module.dual_sign_grad[adapter_name] = getattr(config, "sign_grad", "clip")
 
     @staticmethod
     def merge_safe(module: DualLoraLinear, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,8 @@ class DualLoraLinearVariant(LoraVariant):
     ) -> torch.Tensor:
         A, B, C, D = module.dual_factors(active_adapter)
         x = module.lora_dropout[active_adapter](x)
-        update = functional.dual_lora_forward(x, A, B, C, D, module.scaling[active_adapter])
+        update = functional.dual_lora_forward(x, A, B, C, D, module.scaling[active_adapter],
+                                              module.dual_sign_grad[active_adapter])
         # The warm-up factor multiplies the output as a tensor: no host sync in the training step.
         factor = module.lora_warmup[active_adapter].to(update.dtype)
         return result + (update * factor).to(result.dtype)
@@ -80,7 +82,7 @@ class DualLoraLinear(LoraLinear):
     """peft LoRA ``Linear`` with Dual LoRA's extra direction group, registered for ``nn.Linear``."""
 
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_C", "lora_D")
-    other_param_names = LoraLayer.other_param_names + ("lora_warmup", "dual_warmup_steps")
+    other_param_names = LoraLayer.other_param_names + ("lora_warmup", "dual_warmup_steps", "dual_sign_grad")
 
     @property
     def lora_variants(self) -> dict:
@@ -92,6 +94,7 @@ class DualLoraLinear(LoraLinear):
             self.lora_D = nn.ModuleDict({})
             self.lora_warmup = BufferDict(persistent=True)
             self.dual_warmup_steps: dict[str, int] = {}
+            self.dual_sign_grad: dict[str, str] = {}  # Sign's straight-through variant (functional.SIGN_GRADS)
         # lora_A / lora_B hold the magnitude group, of rank r1 (config.r is r1 + r2).
         super().update_layer(adapter_name, config.r1, lora_alpha, config=config, **kwargs)
 
@@ -111,7 +114,7 @@ class DualLoraLinear(LoraLinear):
         if A.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
             A, B, C, D = (t.float() for t in (A, B, C, D))
         factor = self.lora_warmup[adapter].to(A.dtype)
-        delta = functional.delta_weight(A, B, C, D, self.scaling[adapter]) * factor
+        delta = functional.delta_weight(A, B, C, D, self.scaling[adapter], self.dual_sign_grad[adapter]) * factor
         return delta.to(dtype)
 
     def set_warmup_step(self, adapter: str, step: int) -> None:

@@ -104,6 +104,8 @@ class TrainSettings:
             raise ConfigError("--resume and --overwrite contradict each other; choose one.")
         unread = [name for name in ("r1", "r2", "dual_warmup_steps")
                   if getattr(self.adapter, name) is not None and name not in method.reads]
+        if self.adapter.sign_grad != "clip" and "sign_grad" not in method.reads:
+            unread.append("sign_grad")
         if unread:
             readers = [name for name in method_names() if unread[0] in get_method(name).reads]
             raise ConfigError(f"--{unread[0].replace('_', '-')} is an option of --method {'/'.join(readers)} only, "

@@ -27,21 +27,22 @@ class DualLoraMethod(AdapterMethod):
     """Dual LoRA (Xu et al.): a ReLU magnitude group times a Sign direction group."""
 
     name = "dual-lora"
-    reads: ClassVar[frozenset[str]] = AdapterMethod.reads | {"r1", "r2", "dual_warmup_steps"}
-    own_options = ("r1", "r2", "warmup_steps")
+    reads: ClassVar[frozenset[str]] = AdapterMethod.reads | {"r1", "r2", "dual_warmup_steps", "sign_grad"}
+    own_options = ("r1", "r2", "warmup_steps", "sign_grad")
 
     def adapt_kwargs(self, options: AdapterOptions, total_steps: int) -> dict[str, Any]:
         warmup = options.dual_warmup_steps
         if warmup is None:
             warmup = min(MAX_DEFAULT_WARMUP, max(1, round(DEFAULT_WARMUP_SHARE * total_steps)))
-        return {**options.common_kwargs(), "r1": options.r1, "r2": options.r2, "warmup_steps": warmup}
+        return {**options.common_kwargs(), "r1": options.r1, "r2": options.r2, "warmup_steps": warmup,
+                "sign_grad": options.sign_grad}
 
     def config_class(self) -> type[LoraConfig]:
         return DualLoraConfig
 
     def config_fields(self, r1: int | None = None, r2: int | None = None, warmup_steps: int = 100,
-                      **options: Any) -> dict[str, Any]:
-        return {**options, "r1": r1, "r2": r2, "warmup_steps": warmup_steps}
+                      sign_grad: str = "clip", **options: Any) -> dict[str, Any]:
+        return {**options, "r1": r1, "r2": r2, "warmup_steps": warmup_steps, "sign_grad": sign_grad}
 
     def set_training_step(self, model: nn.Module, step: int) -> None:
         for module in model.modules():

@@ -28,6 +28,9 @@ class AdapterOptions:
     r2: int | None = _opt(None, "dual-lora direction rank (default r - r1)")
     dual_warmup_steps: int | None = _opt(None, "dual-lora warm-up steps of the update factor (default: 10%% of "
                                                "the training steps, at most 100)")
+    sign_grad: str = _opt("clip", "dual-lora: Sign's straight-through gradient: clip (incoming gradient clamped "
+                                  "to [-1, 1]), hardtanh (passed where |DC| <= 1, else 0) or identity",
+                          choices=("clip", "hardtanh", "identity"))
     pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
 
     def __post_init__(self) -> None:
@@ -37,6 +40,8 @@ class AdapterOptions:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.pissa_niter is not None and self.pissa_niter < 0:
             raise ConfigError(f"--pissa-niter must be >= 0, got {self.pissa_niter}.")
+        if self.sign_grad not in ("clip", "hardtanh", "identity"):
+            raise ConfigError(f"--sign-grad must be clip, hardtanh or identity, got {self.sign_grad!r}.")
         if self.dual_warmup_steps is not None and self.dual_warmup_steps < 0:
             raise ConfigError(f"--dual-warmup-steps must be >= 0, got {self.dual_warmup_steps}.")
 
