@@ -198,3 +198,24 @@ def test_a_real_full_disk(tiny_dir, tmp_path, capsys):
         assert not (disk / "run" / "adapter").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_yaml_values_go_through_the_settings_schema(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: m\ndataset: d\noutput: o\ntemperature: hot\n")
+    _check(capsys, main(["train", "--config", str(bad)]), "config key 'temperature': 'hot' is not a valid float")
+    choice = tmp_path / "choice.yaml"
+    choice.write_text("model: m\ndataset: d\noutput: o\nsvd_method: approximate\n")
+    _check(capsys, main(["train", "--config", str(choice)]), "invalid choice: 'approximate'")
+
+
+def test_an_old_eval_key_still_works_with_a_warning(tmp_path, caplog):
+    from balora.cli.common import apply_yaml_config
+    from balora.cli.main import build_parser
+
+    old = tmp_path / "eval.yaml"
+    old.write_text("model: m\ndataset: d\nbatch_size: 5\n")
+    with caplog.at_level("WARNING", logger="balora"):
+        args = apply_yaml_config(build_parser(), ["eval", "--config", str(old)])
+    assert args.eval_batch_size == 5
+    assert "'batch_size' is deprecated" in caplog.text and "eval_batch_size" in caplog.text

@@ -46,14 +46,20 @@ def apply_yaml_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
         values = read_yaml(config_path)
         parser = _chosen_subparser(parser, command)
         known = {action.dest: action for action in parser._actions}
+        aliases = {option.lstrip("-").replace("-", "_"): action for action in parser._actions
+                   if isinstance(action, DeprecatedAlias) for option in action.option_strings}
         defaults: dict[str, Any] = {}
         for key, value in values.items():
-            dest = str(key).replace("-", "_")
-            if dest not in known or dest in ("help", "config"):
+            name = str(key).replace("-", "_")
+            if name in aliases:  # an old key: still read for one release, with a warning
+                logger.warning("config key %r is deprecated and goes in the next release; use %r", key,
+                               aliases[name].new.lstrip("-").replace("-", "_"))
+                name = aliases[name].dest
+            if name not in known or name in ("help", "config"):
                 options = sorted(d for d in known if d not in ("help", "config"))
                 raise ConfigError(f"config key {key!r} in {config_path} does not exist; "
                                   f"the keys are: {', '.join(options)}.")
-            defaults[dest] = _coerce(known[dest], value, key)
+            defaults[name] = _coerce(known[name], value, key)
         parser.set_defaults(**defaults)
         for action in parser._actions:  # required options may come from the YAML file
             if action.dest in defaults:
@@ -98,6 +104,8 @@ def _coerce(action: argparse.Action, value: Any, key: str) -> Any:
                 raise ValueError("expected true or false")
             return value
         converted = action.type(value) if action.type else value
+    except argparse.ArgumentTypeError as exc:  # the settings schema's own message
+        raise ConfigError(f"config key {key!r}: {str(exc).rstrip('.')}.") from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key {key!r}: {value!r} is not valid ({exc}).") from exc
     if action.choices is not None and converted not in action.choices:

@@ -113,7 +113,7 @@ def parse_value(opt: Option, value: Any) -> Any:
             raise ValueError("expected an integer")
         converted = opt.type(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{opt.flag}: {value!r} is not valid ({exc}).") from exc
+        raise ConfigError(f"{opt.flag}: {value!r} is not a valid {opt.type.__name__}.") from exc
     if opt.choices is not None and converted not in opt.choices:
         raise ConfigError(f"{opt.flag}: invalid choice: {value!r} (choose from {', '.join(map(str, opt.choices))}).")
     return converted
