@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .goals import format_goals
-from .worker import NAIVE_DUAL, STOCK_LORA
+from .worker import BASELINE, NAIVE_DUAL, STOCK_LORA
 
 
 def _num(value: Any, spec: str) -> str:
@@ -87,14 +87,14 @@ def summary_line(rows: list[dict[str, Any]]) -> str:
     LoRA against the stock peft + Trainer one."""
     by = {r["method"]: r for r in rows if "error" not in r}
     parts = [f"{m} {r['time_ratio_vs_lora']:.2f}x/{r['memory_ratio_vs_lora']:.2f}x" for m, r in by.items()
-             if m != "lora" and r["time_ratio_vs_lora"] is not None and r["memory_ratio_vs_lora"] is not None]
+             if m != BASELINE and r["time_ratio_vs_lora"] is not None and r["memory_ratio_vs_lora"] is not None]
     text = "vs LoRA (time/memory): " + (", ".join(parts) if parts else "n/a (no lora row)")
     if "dual-lora" in by and NAIVE_DUAL in by:
         dual, naive = by["dual-lora"], by[NAIVE_DUAL]
         memory = f"{dual['peak_mib'] / naive['peak_mib']:.2f}x" if naive["peak_mib"] else "n/a"
         text += f"; dual-lora vs naive: {dual['step_ms'] / naive['step_ms']:.2f}x time, {memory} memory"
-    if "lora" in by and STOCK_LORA in by:
-        ours, stock = by["lora"], by[STOCK_LORA]
+    if BASELINE in by and STOCK_LORA in by:
+        ours, stock = by[BASELINE], by[STOCK_LORA]
         memory = f"{ours['peak_mib'] / stock['peak_mib']:.2f}x" if stock["peak_mib"] else "n/a"
         text += f"; balora lora vs lora-stock: {ours['step_ms'] / stock['step_ms']:.2f}x time, {memory} memory"
     failed = [r["method"] for r in rows if "error" in r]

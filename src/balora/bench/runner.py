@@ -16,11 +16,10 @@ from typing import Any
 from ..errors import ConfigError
 from ..methods import DEFAULT_PISSA_NITER, METHODS, get_method
 from .shapes import DTYPES, SHAPES, default_batch, default_dtype, scored_length
-from .worker import BENCH_METHODS, NAIVE_DUAL, STOCK_LORA, BenchSpec, run_spec
+from .worker import BASELINE, BENCH_METHODS, NAIVE_DUAL, STOCK_LORA, BenchSpec, run_spec
 
 logger = logging.getLogger("balora")
 
-BASELINE = "lora"  #: the row every ratio is taken against
 BREAKDOWN_METHOD = "ba-lora"  #: the row whose step --breakdown splits into parts
 
 #: (warm-up steps, timed steps) by device: small on the CPU so the tiny shape runs in a minute or two.

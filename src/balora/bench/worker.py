@@ -33,6 +33,7 @@ from .memory import MemoryMeter
 from .shapes import build_model, make_batch, model_config
 from .timing import synchronize, timed
 
+BASELINE = "lora"  #: the row every ratio is taken against
 DUAL = "dual-lora"
 NAIVE_DUAL = f"{DUAL}-naive"  # Dual LoRA through the direct formula (dense ΔW kept for backward)
 STOCK_LORA = "lora-stock"  # stock peft LoRA trained by a stock transformers.Trainer: nothing of balora
