@@ -95,11 +95,11 @@ def naive_dual_lora() -> Iterator[None]:
     original = functional.dual_lora_forward
 
     def direct(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
-               scale: float) -> torch.Tensor:
+               scale: float, sign_grad: str = "clip") -> torch.Tensor:
         dtype = x.dtype
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
-        delta = functional.delta_weight(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), float(scale))
+        delta = functional.delta_weight(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), float(scale), sign_grad)
         return F.linear(x.to(dtype), delta)
 
     functional.dual_lora_forward = direct
