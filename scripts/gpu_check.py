@@ -39,7 +39,7 @@ from typing import Any
 SETTINGS: dict[str, dict[str, Any]] = {
     "cuda": {"shape": "llama-1b", "bench_steps": None, "bench_warmup": None, "isolate": True,
              "train": {"steps": 50, "batch_size": 16, "seq_len": None, "rows": None, "dtype": "bfloat16"}},
-    "cpu": {"shape": "micro", "bench_steps": 2, "bench_warmup": 1, "isolate": False,
+    "cpu": {"shape": "micro", "bench_steps": 1, "bench_warmup": 0, "isolate": False,
             "train": {"steps": 10, "batch_size": 4, "seq_len": 32, "rows": 4, "dtype": "float32"}},
 }
 #: Packaged models and data that the check must never touch (the GPU machine does not have them).
