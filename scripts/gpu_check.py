@@ -86,8 +86,8 @@ def run_bench(device: str, settings: dict[str, Any]) -> dict[str, Any]:
             "passed": not any("error" in r for r in rows)}
 
 
-def _part(name: str, fn: Any, out: Path, parts: dict[str, Any]) -> None:
-    """Run one part, time it, write ``<name>.json``; an exception is recorded, not raised."""
+def _part(name: str, file: str, fn: Any, out: Path, parts: dict[str, Any]) -> None:
+    """Run one part, time it, write ``file``; an exception is recorded, not raised."""
     start = time.perf_counter()
     try:
         result = fn()
@@ -96,7 +96,7 @@ def _part(name: str, fn: Any, out: Path, parts: dict[str, Any]) -> None:
         result = {"passed": False, "error": f"{type(exc).__name__}: {exc}"}
     result["wall_s"] = round(time.perf_counter() - start, 1)
     parts[name] = result
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / file).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"gpu check: {name}: {'ok' if result.get('passed') else 'FAILED'} ({result['wall_s']} s)",
           file=sys.stderr, flush=True)
 
@@ -171,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.device)
     (args.out / "env.json").write_text(json.dumps(env, indent=1) + "\n")
     parts: dict[str, Any] = {}
-    _part("regularizers", lambda: regularizer_check(args.device), args.out, parts)
-    _part("train", lambda: train_minilm(args.data, args.device, **settings["train"]), args.out, parts)
-    _part(f"bench-{settings['shape']}", lambda: run_bench(args.device, settings), args.out, parts)
-    parts["bench"] = parts.pop(f"bench-{settings['shape']}")
-    text = summary(env, parts, settings, time.perf_counter() - start)
-    (args.out / "summary.md").write_text(text)
+    for name, file, fn in (
+        ("regularizers", "regularizers.json", lambda: regularizer_check(args.device)),
+        ("train", "train.json", lambda: train_minilm(args.data, args.device, **settings["train"])),
+        ("bench", f"bench-{settings['shape']}.json", lambda: run_bench(args.device, settings)),
+    ):  # quickest first; the summary is rewritten after each part, so a cut-short run still reports
+        _part(name, file, fn, args.out, parts)
+        text = summary(env, parts, settings, time.perf_counter() - start)
+        (args.out / "summary.md").write_text(text)
     print(text)
     return 0 if all(p.get("passed") for p in parts.values()) else 1
 
