@@ -61,9 +61,9 @@ def format_breakdown(row: dict[str, Any]) -> str:
     lines += [
         item("reference_forward_ms", "reference forward (no grad, scored rows)"),
         item("regularizers_ms", "all three regularizers (over the CE pass)"),
-        item("consistency_ms", f"  consistency (KL, T={b['temperature']:g})"),
-        item("diversity_ms", f"  diversity (top-{b['top_k']} entropy)"),
-        item("svd_ms", f"  SVD (k={b['svd_k']}, {b['svd_method']})"),
+        item("consistency_ms", f"  CE pass + consistency (KL, T={b['temperature']:g})"),
+        item("diversity_ms", f"  CE pass + diversity (top-{b['top_k']} entropy)"),
+        item("svd_ms", f"  CE pass + SVD (k={b['svd_k']}, {b['svd_method']})"),
         item("svd_exact_ms", "    SVD exact on the logit rows"),
         item("svd_randomized_ms", "    SVD randomized on the logit rows"),
     ]
