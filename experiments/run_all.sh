@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Re-run every experiment of docs/results.md, in priority order, then regenerate the page's tables.
+# Re-run every experiment of docs/results.md, in priority order; export each into experiments/results/ (the
+# committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
-#   experiments/run_all.sh main noise      # only these (names: main noise imbalance ablation paper rank lr ood boolq nlg)
+#   experiments/run_all.sh main noise      # only these (names: main sign-grad noise imbalance ablation paper rank lr
+#                                          # ood boolq nlg)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,13 +12,20 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main imbalance noise ablation paper rank lr ood boolq nlg"
+ALL="main sign-grad imbalance noise ablation paper rank lr ood boolq nlg"
 WANT="${*:-$ALL}"
 
+output() {  # output CONFIG: the config's output folder
+    python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output'])" "$1"
+}
+export_runs() {  # export_runs CONFIG: its compare folder -> experiments/results/<folder name>*.csv
+    python experiments/export_results.py "$(output "$1")"
+}
 run() {  # run NAME CONFIG
     case " $WANT " in *" $1 "*) ;; *) return 0 ;; esac
     echo "=== $1: balora compare --config $2 ($(date -u +%H:%M:%S))"
     $NICE balora compare --config "$2"
+    export_runs "$2"
 }
 plot() {  # plot NAME ARGS...
     case " $WANT " in *" $1 "*) ;; *) return 0 ;; esac
@@ -25,7 +34,7 @@ plot() {  # plot NAME ARGS...
 }
 
 run main experiments/main-tweets.yaml
-plot main bars runs/main-tweets --by method
+run sign-grad experiments/sign-grad-tweets.yaml
 run imbalance experiments/imbalance-tweets.yaml
 plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/pissa-seed0 \
     runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
@@ -35,17 +44,16 @@ run ablation experiments/ablation-diversity-only.yaml
 run ablation experiments/ablation-svd-only.yaml
 run paper experiments/main-tweets-paper.yaml
 run rank experiments/rank-tweets.yaml
-# the rank figure is drawn by make_results.py --plots (r = 8 merged from runs/main-tweets)
 run lr experiments/lr-tweets.yaml
 case " $WANT " in *" lr "*)  # every method whose best validation learning rate is not 5e-4: 3 seeds there
     python experiments/make_results.py --best-lr | while read -r method rate; do
         $NICE balora compare --config experiments/lr-tweets.yaml --methods "$method" --grid "learning_rate=$rate" \
             --seeds 0 1 2
-    done ;;
+    done
+    export_runs experiments/lr-tweets.yaml ;;
 esac
 case " $WANT " in *" ood "*) python experiments/make_ood_data.py ;; esac
 run ood experiments/ood-tweets.yaml
-plot ood bars runs/ood-tweets --by method --metric ood_accuracy
 # BoolQ probes on validation: can LoRA (two learning rates) or full fine-tuning learn more than the prior?
 probe() {  # probe NAME METHOD LR
     case " $WANT " in *" boolq "*) ;; *) return 0 ;; esac
@@ -58,13 +66,12 @@ probe lora-lr5e-4 lora 5e-4
 probe lora-lr2e-3 lora 2e-3
 probe full-lr5e-5 full 5e-5
 run boolq experiments/boolq.yaml
-plot boolq bars runs/boolq --by method
 # NLG seed by seed (every method on seed 0 first), so a run stopped early still compares all methods
 case " $WANT " in *" nlg "*)
-    for seeds in "0" "0 1" "0 1 2"; do $NICE balora compare --config experiments/nlg-gsm.yaml --seeds $seeds; done ;;
+    for seeds in "0" "0 1" "0 1 2"; do $NICE balora compare --config experiments/nlg-gsm.yaml --seeds $seeds; done
+    export_runs experiments/nlg-gsm.yaml ;;
 esac
 case " $WANT " in *" nlg "*) [ -f runs/nlg-gsm/base.json ] || $NICE python experiments/nlg_base.py ;; esac
-plot nlg bars runs/nlg-gsm --by method --metric eval_loss
 
-# tables of docs/results.md, the merged noise table (noise 0 = runs/main-tweets), figures -> docs/figures/
-python experiments/make_results.py --plots
+# every table, number and figure of docs/results.md, from experiments/results/ only; commit those files
+python experiments/make_results.py

@@ -47,6 +47,9 @@ def test_train_writes_metrics_config_adapter_and_logs(tiny_dir, data_file, tmp_p
     history = json.loads((out / "log_history.json").read_text())
     assert any("reg/consistency" in h for h in history)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    predictions = [json.loads(line) for line in (out / "predictions_test.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in predictions] == list(range(12))  # 10% of 120 rows, in the split's order
+    assert sum(p["correct"] for p in predictions) / 12 == pytest.approx(metrics["accuracy"])
     assert sorted(p.name for p in (out / "representations").iterdir()) == ["step_000000.safetensors",
                                                                          "step_000006.safetensors"]
     assert "balora train: ba-lora" in capsys.readouterr().out

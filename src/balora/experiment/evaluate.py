@@ -22,6 +22,7 @@ from ..evaluation import (
     extract_final_number,
     generate_greedy,
     math_accuracy,
+    normalize_number,
     regression_metrics,
 )
 from .data import nlu_columns
@@ -52,11 +53,13 @@ def collator(tokenizer: Any, task: str) -> Any:
 
 
 def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings,
-                   num_labels: int | None = None, generations_file: Path | None = None) -> dict[str, float]:
+                   num_labels: int | None = None, generations_file: Path | None = None,
+                   predictions_file: Path | None = None) -> dict[str, float]:
     """Metrics of ``trainer.model`` on ``dataset`` (raw rows of the experiment's task).
 
     NLG only: the prompts, references and completions scored are written to ``generations_file``
-    (JSON lines), so a reader can see what the model wrote, not just a number.
+    (JSON lines), so a reader can see what the model wrote, not just a number. ``predictions_file``
+    gets one JSON line per scored example (:func:`write_predictions`), for paired per-example statistics.
     """
     if dataset is None or dataset.num_rows == 0:
         return {}
@@ -67,16 +70,34 @@ def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settin
                                  else output.predictions)
         labels = np.asarray(output.label_ids)
         if task == "regression":
-            return regression_metrics(predictions.reshape(-1).tolist(), labels.reshape(-1).tolist())
-        return classification_metrics(predictions.argmax(-1).tolist(), labels.tolist(), num_labels=num_labels)
+            values, targets = predictions.reshape(-1).tolist(), labels.reshape(-1).tolist()
+            write_predictions(predictions_file, targets, values)
+            return regression_metrics(values, targets)
+        classes, targets = predictions.argmax(-1).tolist(), labels.tolist()
+        write_predictions(predictions_file, targets, classes, [c == t for c, t in zip(classes, targets, strict=True)])
+        return classification_metrics(classes, targets, num_labels=num_labels)
     loss = trainer.evaluate(eval_dataset=tokenized)["eval_loss"]
     metrics = {"eval_loss": float(loss), "perplexity": float(math.exp(min(loss, 50.0)))}
-    metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings, generations_file))
+    metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings, generations_file,
+                                       predictions_file))
     return metrics
 
 
+def write_predictions(path: Path | None, labels: list[Any], predictions: list[Any],
+                      correct: list[bool] | None = None) -> None:
+    """One JSON line per example of the split, in the split's order: ``id`` (the row's position, the same in
+    every run with the same ``data_seed``), ``label``, ``prediction`` and, where it is defined, ``correct``."""
+    if path is None:
+        return
+    rows = [{"id": i, "label": label, "prediction": pred} for i, (label, pred) in enumerate(zip(labels, predictions,
+                                                                                              strict=True))]
+    for row, ok in zip(rows, correct or [], strict=False):
+        row["correct"] = bool(ok)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, settings: TrainSettings,
-                        generations_file: Path | None) -> dict[str, float]:
+                        generations_file: Path | None, predictions_file: Path | None = None) -> dict[str, float]:
     if not settings.generate_size:
         return {}
     rows = dataset.select(range(min(settings.generate_size, dataset.num_rows)))
@@ -92,6 +113,11 @@ def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, set
     references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]
     result = math_accuracy(completions, list(references))
     _write_generations(generations_file, prompts, list(references), completions, extract=True)
+    pairs = list(zip(completions, references, strict=True))
+    # numbers as floats, so that prediction == label is the scorer's verdict (up to its 1e-6 tolerance)
+    write_predictions(predictions_file, [normalize_number(extract_final_number(str(r))) for _, r in pairs],
+                      [normalize_number(extract_final_number(c)) for c, _ in pairs],
+                      [math_accuracy([c], [r])["accuracy"] == 1.0 for c, r in pairs])
     return {"exact_match": float(result["accuracy"]), "answered": float(result["answered"]),
             "generated_n": float(result["n"])}
 

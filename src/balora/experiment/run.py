@@ -6,7 +6,9 @@ The run directory holds (all JSON/YAML written atomically):
 ``noise_indices.json`` (rows whose label was changed), ``representations/`` (for t-SNE),
 ``run_info.json`` (task, labels, timings, the NLU target the regularizers used), ``metrics.json``, a
 flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``,
-and for generation tasks ``generations_{val,test,ood}.jsonl`` (what the model wrote for each prompt).
+``predictions_{val,test,ood}.jsonl`` (per example: id, label, prediction, correct; the exporter of
+``experiments/`` keeps them for paired statistics), and for generation tasks ``generations_{val,test,ood}.jsonl``
+(what the model wrote for each prompt).
 
 ``--resume`` continues from the newest COMPLETE checkpoint (:mod:`balora.training.checkpoints`); on a
 finished run (``metrics.json`` present) it trains nothing and returns the stored metrics (exit code 0, so a
@@ -173,6 +175,25 @@ def _finished_run(out: Path) -> dict[str, float]:
     return metrics
 
 
+def environment() -> dict[str, Any]:
+    """Where a run ran (for run_info.json and the results tables): versions, device, visible CPU cores."""
+    import contextlib
+    import os
+    import platform
+
+    import peft
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "cpu": cpu, "cpu_cores": cores, "torch_threads": torch.get_num_threads()}
+
+
 def _write_json(path: Path, data: Any, checkpoints: Path) -> None:
     with reporting_disk_full(path, checkpoints):
         write_json_atomic(path, data)
@@ -214,18 +235,20 @@ def _run_training(settings: TrainSettings) -> dict[str, float]:
         save_adapter_atomic(trainer.model, out / "adapter")
     with reporting_disk_full(f"the evaluation outputs in {out}", checkpoints):
         metrics = prefixed(evaluate_split(trainer, tokenizer, data.validation, data.task, settings,
-                                          data.num_labels, out / "generations_val.jsonl"), "val_")
+                                          data.num_labels, out / "generations_val.jsonl",
+                                          out / "predictions_val.jsonl"), "val_")
         metrics.update(evaluate_split(trainer, tokenizer, data.test, data.task, settings, data.num_labels,
-                                      out / "generations_test.jsonl"))
+                                      out / "generations_test.jsonl", out / "predictions_test.jsonl"))
         if data.ood is not None:
             metrics.update(prefixed(evaluate_split(trainer, tokenizer, data.ood, data.task, settings,
-                                                   data.num_labels, out / "generations_ood.jsonl"), "ood_"))
+                                                   data.num_labels, out / "generations_ood.jsonl",
+                                                   out / "predictions_ood.jsonl"), "ood_"))
     runtime = time.perf_counter() - started
     metrics["train_runtime_s"] = round(runtime, 2)
     info = {**trainer.balora_info, "task": data.task, "label_names": data.label_names,
             "train_rows": data.train.num_rows, "validation_rows": data.validation.num_rows,
             "test_rows": data.test.num_rows, "global_steps": trainer.state.global_step,
-            "runtime_s": round(runtime, 2), "balora_version": __version__}
+            "runtime_s": round(runtime, 2), "balora_version": __version__, "environment": environment()}
     _write_json(out / "adapter" / "balora_run.json", {"model": settings.model, **info}, checkpoints)
     _write_json(out / "run_info.json", info, checkpoints)
     _write_json(out / METRICS_FILE, metrics, checkpoints)

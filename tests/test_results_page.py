@@ -1,0 +1,128 @@
+"""experiments/export_results.py and make_results.py on a small fixture: run folders -> committed tables ->
+the page, its numbers, its paired intervals, and --check catching a changed number or a typed one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import export_results  # noqa: E402
+import make_results  # noqa: E402
+
+LABELS = [i % 3 for i in range(20)]
+# how many of the 20 test examples each cell gets right (the first k): accuracy = k / 20
+RIGHT = {("lora", 0): 10, ("lora", 1): 12, ("pissa", 0): 10, ("pissa", 1): 12, ("ba-lora", 0): 14, ("ba-lora", 1): 16}
+
+PAGE = """# Results
+
+Prose with names such as SmolLM2 and `rank 8` in code, but no result number.
+
+<!-- BEGIN summary -->
+<!-- END summary -->
+
+<!-- BEGIN machine -->
+<!-- END machine -->
+
+<!-- BEGIN main -->
+<!-- END main -->
+
+<!-- BEGIN noise -->
+<!-- END noise -->
+"""
+
+
+def _cell(root: Path, method: str, seed: int) -> None:
+    cell = root / "cells" / f"{method}-seed{seed}"
+    cell.mkdir(parents=True)
+    right = RIGHT[(method, seed)]
+    predictions = [label if i < right else (label + 1) % 3 for i, label in enumerate(LABELS)]
+    config = {"model": "minilm", "dataset": "tweets", "method": method, "seed": seed, "output": str(cell),
+              "train_size": 60, "rank": 8, "label_noise": 0.0, "learning_rate": None, "data_seed": 0}
+    (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    (cell / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, "accuracy": right / 20,
+                                                   "f1_macro": right / 40, "train_runtime_s": 30.0 + seed}))
+    (cell / "run_info.json").write_text(json.dumps({"train_rows": 60, "test_rows": 20, "global_steps": 4,
+                                                    "label_names": ["neg", "neu", "pos"],
+                                                    "environment": {"torch": "9.9", "device": "cpu"}}))
+    history = [{"loss": 1.1 - 0.1 * step, "reg/consistency": 0.01 * step, "step": step, "epoch": step / 4}
+               for step in (2, 4)] + [{"train_runtime": 12.0, "step": 4}]
+    (cell / "log_history.json").write_text(json.dumps(history))
+    (cell / "predictions_test.jsonl").write_text("".join(
+        json.dumps({"id": i, "label": label, "prediction": p, "correct": p == label}) + "\n"
+        for i, (label, p) in enumerate(zip(LABELS, predictions, strict=True))))
+
+
+@pytest.fixture()
+def results(tmp_path):
+    runs = tmp_path / "runs" / "main-tweets"
+    for method, seed in RIGHT:
+        _cell(runs, method, seed)
+    out = tmp_path / "results"
+    assert export_results.main([str(runs), "--out", str(out)]) == 0
+    return out
+
+
+def test_export_writes_runs_curves_and_predictions(results):
+    rows = list(csv.DictReader((results / "main-tweets.csv").open()))
+    assert [r["cell"] for r in rows] == sorted(f"{m}-seed{s}" for m, s in RIGHT)
+    first = rows[0]
+    assert first["method"] == "ba-lora" and first["rank"] == "8" and first["runtime_s"] == "30.0"
+    assert first["label_names"] == "neg|neu|pos" and first["env_torch"] == "9.9" and "output" not in first
+    curves = list(csv.DictReader((results / "curves" / "main-tweets.csv").open()))
+    assert len(curves) == 12 and curves[0]["reg/consistency"] == "0.02" and "train_runtime" not in curves[0]
+    predictions = list(csv.reader((results / "predictions" / "main-tweets.csv").open()))
+    assert predictions[0][:3] == ["split", "id", "label"] and len(predictions) == 21
+    assert predictions[1][:4] == ["test", "0", "0", "0"]
+
+
+def test_export_refuses_cells_scored_on_other_examples(tmp_path, results):
+    runs = tmp_path / "runs" / "main-tweets"
+    file = runs / "cells" / "lora-seed1" / "predictions_test.jsonl"
+    file.write_text(file.read_text().replace('"label": 0', '"label": 2', 1))
+    assert export_results.main([str(runs), "--out", str(tmp_path / "other")]) == 2
+
+
+def test_page_numbers_intervals_and_check(tmp_path, results, capsys):
+    doc = tmp_path / "results.md"
+    doc.write_text(PAGE)
+    assert make_results.main(["--results", str(results), "--doc", str(doc)]) == 0
+    page = doc.read_text()
+    # means and sample stds over the two seeds: lora 0.50/0.60, ba-lora 0.70/0.80
+    assert "| lora | 0,1 | 0.550 ± 0.071 | 0.275 ± 0.035 | 0.500 ± 0.000 | 30 |" in page
+    assert "| ba-lora | 0,1 | 0.750 ± 0.071 |" in page
+    # identical predictions: the interval is exactly 0; ba-lora right on a superset: +0.2, interval above 0
+    assert "- pissa − lora: +0.000 [+0.000, +0.000] (2 seeds × 20 examples) → cannot tell" in page
+    line = next(x for x in page.splitlines() if x.startswith("- ba-lora − pissa:"))
+    low, high = (float(v) for v in line.split("[")[1].split("]")[0].split(", "))
+    assert line.startswith("- ba-lora − pissa: +0.200 [") and 0.0 < low < 0.2 < high < 0.4
+    assert "**a ahead**" in line
+    assert "| BA-LoRA beats PiSSA (NLU) | GLUE +0.59 to +1.61 points over PiSSA | **supported** |" in page
+    assert "| Dual LoRA beats LoRA at equal parameters | the Dual LoRA paper | not run in the committed data" in page
+    assert "| Sign gradient: hardtanh beats clip (Dual LoRA) | left open by the paper | not run yet" in page
+    noise = page.split("<!-- BEGIN noise -->")[1]
+    assert "not re-derivable from the repository (raw data lost; re-run with `experiments/run_all.sh noise`)" in noise
+    assert "- device cpu, torch 9.9 (main-tweets)" in page
+    assert (tmp_path / "figures" / "main.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](figures/main.png)" in page
+
+    assert make_results.main(["--results", str(results), "--doc", str(doc), "--check"]) == 0
+    doc.write_text(page.replace("0.550 ± 0.071", "0.551 ± 0.071"))
+    assert make_results.main(["--results", str(results), "--doc", str(doc), "--check"]) == 1
+    assert "differs from what" in capsys.readouterr().err
+    doc.write_text(page.replace("Prose with names", "Prose with 0.62 accuracy and names"))
+    assert make_results.main(["--results", str(results), "--doc", str(doc), "--check"]) == 1
+    assert "a typed number in the prose" in capsys.readouterr().err
+
+
+def test_typed_numbers_ignore_names_code_and_blocks():
+    text = ("SmolLM2-135M and all-MiniLM-L6-v2 in `0.5` code.\n## (a) 3 seeds\n"
+            "<!-- BEGIN main -->\n0.62\n<!-- END main -->\nBut 3 seeds and +0.004 here.\n")
+    assert [t.split(": ")[-1] for t in make_results.typed_numbers(text)] == ["3", "+0.004"]
