@@ -29,6 +29,7 @@ from .. import peft_compat
 from ..adapter_file import write_balora_file
 from ..errors import ConfigError, ModelError
 from ..model_kind import model_kind
+from ..quantize import check_kind, is_quantized, prepare_for_kbit_training, quantize_linears
 from .options import AdapterOptions
 
 METHOD_ATTR = "balora_method"  # the method name, stored on the model (a string: survives copies and pickling)
@@ -137,7 +138,7 @@ class Method:
 class AdapterMethod(Method):
     """A method whose adapter is a peft ``LoraConfig`` (lora, dora, pissa, ba-lora, dual-lora)."""
 
-    reads: ClassVar[frozenset[str]] = frozenset({"rank", "lora_alpha", "target_modules", "lora_dropout"})
+    reads: ClassVar[frozenset[str]] = frozenset({"rank", "lora_alpha", "target_modules", "lora_dropout", "quantize"})
 
     def config_fields(self, **options: Any) -> dict[str, Any]:
         """``LoraConfig`` fields that make this method (beyond the common ones); rejects foreign options."""
@@ -159,13 +160,17 @@ class AdapterMethod(Method):
         return self.config_class()(**common, **self.config_fields(**options))
 
     def adapt(self, model: nn.Module, r: int = 16, lora_alpha: float | None = None,
-              target_modules: list[str] | str = "all-linear", **options: Any) -> PeftModel:
+              target_modules: list[str] | str = "all-linear", *, quantize: str | None = None,
+              **options: Any) -> PeftModel:
         if options.pop("keep_reference", False):
             raise ConfigError("keep_reference is for method 'full'; adapter methods keep their reference already.")
         config = self.peft_config(model, r, lora_alpha, target_modules, **options)
         validate_targets(model, config)
-        peft_model = self.build_peft_model(model, config)
-        self.initialise(peft_model)
+        if quantize is None and not is_quantized(model):
+            peft_model = self.build_peft_model(model, config)
+            self.initialise(peft_model)
+        else:
+            peft_model = self.build_quantized(model, config, None if quantize is None else check_kind(quantize))
         return self.tag(peft_model)
 
     def build_peft_model(self, model: nn.Module, config: LoraConfig, keep_name: bool = False) -> PeftModel:
@@ -177,6 +182,15 @@ class AdapterMethod(Method):
 
     def initialise(self, peft_model: PeftModel) -> None:
         """Anything beyond peft's own initialisation (PiSSA keeps its initial adapter)."""
+
+    def build_quantized(self, model: nn.Module, config: LoraConfig, kind: str | None) -> PeftModel:
+        """The adapter over a quantized base (QLoRA): ``kind`` ("nf4"/"int8") quantizes ``model``'s frozen
+        linear layers first; ``kind=None`` means ``model`` was loaded quantized. The adapter is then built
+        as usual, in the compute dtype, by peft's quantized LoRA layers (design §9)."""
+        quantized_base(model, config, kind)
+        peft_model = self.build_peft_model(model, config)
+        self.initialise(peft_model)
+        return peft_model
 
     def export(self, model: PeftModel, directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """What ``model.save_pretrained(directory)`` writes: peft's files plus ``balora_adapter.json``."""
@@ -237,6 +251,16 @@ def _subclass(mixin: type, peft_class: type) -> type:
         _SUBCLASSES[key] = type(f"{mixin.__name__}{peft_class.__name__}", (mixin, peft_class),
                                 {"__module__": mixin.__module__})
     return _SUBCLASSES[key]
+
+
+def quantized_base(model: nn.Module, config: LoraConfig, kind: str | None) -> None:
+    """Quantize ``model``'s frozen linear layers (``kind``; None: already quantized) and apply peft's
+    ``prepare_model_for_kbit_training``, in place."""
+    if kind is not None:
+        if is_quantized(model):
+            raise ConfigError("the model is already quantized; drop quantize= or load it in full precision.")
+        quantize_linears(model, kind, keep=config.modules_to_save or ())
+    prepare_for_kbit_training(model)
 
 
 def validate_targets(model: nn.Module, config: LoraConfig) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, ModelError
+from ..quantize import is_quantized
 from .base import Method
 from .options import AdapterOptions
 
@@ -32,6 +33,10 @@ class FullMethod(Method):
     def adapt(self, model: nn.Module, r: int = 16, lora_alpha: float | None = None,
               target_modules: list[str] | str = "all-linear", *, keep_reference: bool = False,
               **options: Any) -> nn.Module:
+        if options.get("quantize") is not None or is_quantized(model):
+            raise ConfigError("method 'full' trains every weight and quantized weights cannot be trained; "
+                              "use an adapter method (e.g. 'lora') with quantize=.")
+        options.pop("quantize", None)
         if options:
             raise ConfigError(f"method 'full' takes no adapter options, got: {', '.join(sorted(options))}.")
         model.requires_grad_(True)

@@ -28,12 +28,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
+from peft.tuners.lora import LoraLayer
 
 from .. import peft_compat
 from ..adapter_file import write_balora_file
 from ..errors import ConfigError
-from .base import AdapterMethod, get_method, save_peft_files
+from ..quantize import add_to_weight, is_quantized
+from .base import AdapterMethod, get_method, quantized_base, save_peft_files
 from .options import AdapterOptions
 
 INITIAL_ADAPTER = "balora_initial"
@@ -55,6 +57,34 @@ class PissaMethod(AdapterMethod):
             raise ConfigError(f"pissa_niter must be >= 0 or None (exact SVD), got {pissa_niter}.")
         init = "pissa" if not pissa_niter else f"pissa_niter_{pissa_niter}"
         return {**options, "init_lora_weights": init}
+
+    def build_quantized(self, model: nn.Module, config: LoraConfig, kind: str | None) -> PeftModel:
+        """QPiSSA in one call: the SVD on the full-precision W, then the residual W_res quantized.
+
+        peft's PiSSA initialisation runs on ``model`` as it is; (A0, B0) are kept, the adapter is taken off
+        (the base layers now hold W_res), the frozen linear layers are quantized, and a fresh adapter over
+        the quantized base receives (A0, B0). The step-0 model is Q(W_res) + s·B0·A0 (design §9).
+        """
+        if kind is None:
+            raise ConfigError(f"method {self.name!r} runs its SVD on full-precision weights: load the model in "
+                              f"full precision and pass quantize='nf4' or 'int8' to balora.adapt (QPiSSA).")
+        if is_quantized(model):
+            raise ConfigError("the model is already quantized; drop quantize= or load it in full precision.")
+        full = self.build_peft_model(model, copy.deepcopy(config))
+        factors = {name: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
+                   for name, m in full.named_modules() if isinstance(m, LoraLayer)}
+        base = full.unload()  # the base layers keep W_res
+        quantized_base(base, config, kind)
+        init, config.init_lora_weights = config.init_lora_weights, True  # no SVD of Q(W_res): (A0, B0) go in
+        peft_model = self.build_peft_model(base, config)
+        peft_model.peft_config["default"].init_lora_weights = init
+        with torch.no_grad():
+            for name, module in peft_model.named_modules():
+                if isinstance(module, LoraLayer):
+                    module.lora_A["default"].weight.copy_(factors[name][0])
+                    module.lora_B["default"].weight.copy_(factors[name][1])
+        self.initialise(peft_model)
+        return peft_model
 
     def initialise(self, peft_model: PeftModel) -> None:
         """Keep (A0, B0) as the frozen, inactive adapter :data:`INITIAL_ADAPTER` (a plain LoRA holder)."""
@@ -106,7 +136,6 @@ class PissaMethod(AdapterMethod):
         """Inside the block (B0, A0) may be replaced (by the checkpoint's); on exit each base weight is
         shifted by s·B0·A0 - s·B0'·A0', so that W_res + s·B0·A0 = W is unchanged. Adapter-sized copies only.
         """
-        from peft.tuners.lora import LoraLayer
         from peft.utils.other import transpose
 
         layers = [m for m in model.modules() if isinstance(m, LoraLayer) and INITIAL_ADAPTER in m.lora_A]
@@ -120,8 +149,7 @@ class PissaMethod(AdapterMethod):
                     continue
                 old = transpose(b_old.float() @ a_old.float(), module.fan_in_fan_out) * module.scaling[INITIAL_ADAPTER]
                 new = module.get_delta_weight(INITIAL_ADAPTER).float()
-                weight = module.get_base_layer().weight
-                weight += (old - new).to(weight.dtype)
+                add_to_weight(module.get_base_layer(), old - new)  # a quantized base: Q(Q⁻¹(W_res) + shift)
 
     def load(self, base_model: nn.Module, path: Path, info: dict[str, Any] | None, is_trainable: bool) -> PeftModel:
         """A converted adapter is a plain LoRA on the original weights: it loads (and saves again) as ``lora``."""
