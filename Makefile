@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/pac
 	$(PIP) install --upgrade pip
 	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/constraints.txt -e ".[data,test]"
+	$(PIP) install -c requirements/constraints.txt -e ".[data,test,quant,trl,tensorboard]"
 	$(PIP) install -c requirements/constraints.txt -r requirements/packaged.txt
 	$(PIP) install --no-deps -r requirements/packaged-nodeps.txt
 	touch $@

@@ -8,7 +8,7 @@ The run directory holds (all JSON/YAML written atomically):
 flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``,
 ``predictions_{val,test,ood}.jsonl`` (per example: id, label, prediction, correct; the exporter of
 ``experiments/`` keeps them for paired statistics), and for generation tasks ``generations_{val,test,ood}.jsonl``
-(what the model wrote for each prompt).
+(what the model wrote for each prompt); ``tensorboard/`` or ``wandb/`` with ``--report-to``.
 
 ``--resume`` continues from the newest COMPLETE checkpoint (:mod:`balora.training.checkpoints`); on a
 finished run (``metrics.json`` present) it trains nothing and returns the stored metrics (exit code 0, so a
@@ -38,6 +38,7 @@ from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
 from .callbacks import GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
+from .reporting import checkpointing_arguments, precision_arguments, report_callbacks
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -112,6 +113,9 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
         learning_rate=settings.default_learning_rate,
         warmup_steps=settings.warmup_ratio,
         weight_decay=settings.weight_decay,
+        lr_scheduler_type=settings.lr_scheduler,
+        max_grad_norm=settings.max_grad_norm,
+        **checkpointing_arguments(settings.gradient_checkpointing),
         logging_steps=settings.logging_steps,
         save_strategy="steps",
         save_steps=settings.save_steps,
@@ -119,12 +123,12 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
         report_to=[],
         seed=settings.seed,
         data_seed=settings.seed,
-        bf16=settings.dtype == "bfloat16" and torch.cuda.is_available(),
+        **precision_arguments(settings.bf16, settings.dtype),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    callbacks = []
+    callbacks = report_callbacks(settings.report_to, out)
     if settings.representation_checkpoints and data.task in NLU_TASKS:
         reps = tokenize(data.validation, tokenizer, data.task, settings)
         callbacks.append(RepresentationCallback(reps, collator(tokenizer, data.task), out / "representations",

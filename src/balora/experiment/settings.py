@@ -15,6 +15,9 @@ from ..training import BALoRAConfig
 from .schema import flatten, unflatten
 
 TASKS = ("auto", "classification", "regression", "sft", "code")
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -57,6 +60,12 @@ class TrainSettings:
     learning_rate: float | None = _opt(None, "learning rate (default 5e-4 for adapters, 3e-5 for full)")
     warmup_ratio: float = _opt(0.03, "share of steps with a linear learning-rate warm-up")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
+    lr_scheduler: str = _opt("linear", "learning-rate schedule after the warm-up", choices=LR_SCHEDULERS)
+    max_grad_norm: float = _opt(1.0, "clip the gradient norm to this value (0: no clipping)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in backward: less memory, ~30%% more time")
+    bf16: bool = _opt(False, "bfloat16 mixed precision (autocast) over float32 weights, where the device supports it")
+    report_to: str = _opt("none", "also log to tensorboard (OUTPUT/tensorboard) or wandb (offline unless WANDB_MODE "
+                                  "is set)", choices=REPORT_TO)
     max_new_tokens: int = _opt(256, "generation length for math and code evaluation")
     generate_size: int | None = _opt(100, "evaluate generation on at most this many prompts")
     dtype: str = _opt("float32", "model weights dtype", choices=("float32", "bfloat16"))
@@ -93,6 +102,8 @@ class TrainSettings:
         for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if not self.max_grad_norm >= 0:
+            raise ConfigError(f"--max-grad-norm must be >= 0, got {self.max_grad_norm}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}.")
         for name in ("validation_fraction", "test_fraction"):
@@ -102,7 +113,7 @@ class TrainSettings:
             raise ConfigError("--validation-fraction plus --test-fraction must leave data to train on.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; choose one.")
-        unread = [name for name in ("r1", "r2", "dual_warmup_steps")
+        unread = [name for name in ("r1", "r2", "dual_warmup_steps", "quantize")
                   if getattr(self.adapter, name) is not None and name not in method.reads]
         if self.adapter.sign_grad != "clip" and "sign_grad" not in method.reads:
             unread.append("sign_grad")

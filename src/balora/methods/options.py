@@ -32,6 +32,9 @@ class AdapterOptions:
                                   "to [-1, 1]), hardtanh (passed where |DC| <= 1, else 0) or identity",
                           choices=("clip", "hardtanh", "identity"))
     pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
+    quantize: str | None = _opt(None, "quantize the frozen base linear layers with bitsandbytes: nf4 (4-bit, "
+                                      "QLoRA; pissa/ba-lora: SVD first, then the residual, QPiSSA) or int8",
+                                choices=("nf4", "int8"))
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -55,4 +58,4 @@ class AdapterOptions:
     def common_kwargs(self) -> dict:
         """The :func:`balora.adapt` arguments every adapter method takes."""
         return {"r": self.rank, "lora_alpha": self.lora_alpha, "target_modules": self.target_list,
-                "lora_dropout": self.lora_dropout}
+                "lora_dropout": self.lora_dropout, "quantize": self.quantize}
