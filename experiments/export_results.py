@@ -5,9 +5,10 @@
 
 For experiment NAME (default: the folder's name) it writes, under experiments/results/ (``--out``):
 
-- ``NAME.csv``: one row per finished cell: cell, method, seed, every setting of the cell's config.yaml, every
-  metric of its metrics.json, ``runtime_s`` (the whole cell: load, training, evaluation), and from
-  run_info.json the split sizes, optimizer steps and environment (``env_*``);
+- ``NAME.csv``: one row per finished cell: cell, method, seed, every setting of the cell's config.yaml (and
+  ``learning_rate_used``: the method's default where the setting is empty), every metric of its
+  metrics.json, ``runtime_s`` (the whole cell: load, training, evaluation), and from run_info.json the
+  split sizes, optimizer steps and environment (``env_*``);
 - ``curves/NAME.csv``: the training log per logging step (cell, step, epoch, loss, learning rate and every
   ``reg/*`` regularizer term);
 - ``predictions/NAME.csv``: one row per test (and out-of-domain) example: split, id, label and each cell's
@@ -69,6 +70,12 @@ def run_row(cell: Path) -> dict[str, Any]:
     info = _read_json(cell / "run_info.json", {})
     row: dict[str, Any] = {"cell": cell.name, "method": config.get("method"), "seed": config.get("seed")}
     row.update({k: _flat(v) for k, v in config.items() if k not in (*RUN_CONTROL, "method", "seed")})
+    if row.get("learning_rate") is None and row["method"] is not None:  # the method's default: record which
+        from balora.methods import get_method
+
+        row["learning_rate_used"] = get_method(row["method"]).default_learning_rate
+    else:
+        row["learning_rate_used"] = row.get("learning_rate")
     runtime = metrics.pop("train_runtime_s", None)
     row.update(metrics)
     row["runtime_s"] = runtime

@@ -131,11 +131,13 @@ def section_block(section: Section, experiments: dict[str, Experiment | None], f
              f"Paired differences of {section.metric} (a − b{higher}; 95 % interval from a bootstrap over seeds "
              f"and test examples where per-example predictions are committed, else over seeds):",
              comparisons(rows, section, experiments),
-             f"Wall time: {len(rows)} runs, {sum(runtime) / 60:.1f} min in all. Data: "
+             f"Wall time: {len(rows)} run{'s' * (len(rows) != 1)}, {sum(runtime) / 60:.1f} min in all. Data: "
              + ", ".join(f"`experiments/results/{name}.csv`" for name in used) + "."]
     gone = [name for name in missing(section.sources, experiments) if name not in used]
-    if gone:
-        parts.append("Rows of " + ", ".join(f"`{g}`" for g in gone) + f" are {absent(section, gone)}.")
+    for lost_data in (True, False):
+        names = [g for g in gone if (g in LOST) == lost_data]
+        if names:
+            parts.append("Rows of " + ", ".join(f"`{g}`" for g in names) + f": {absent(section, names)}.")
     if section.figure and figures is not None:
         parts.append(f"![{section.name}: test metric per seed, training loss](figures/{section.name}.png)")
     return "\n\n".join(parts)
@@ -267,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
 def print_best_lr(results: Path) -> int:
     """For experiments/run_all.sh: each method's best seed-0 validation learning rate when it is not 5e-4."""
     experiments = load_all(results)
-    rows = [r for r in gather(BY_NAME["lr"].sources, experiments, ["learning_rate"]) if r["seed"] == 0]
+    rate = "learning_rate_used"
+    rows = [r for r in gather(BY_NAME["lr"].sources, experiments, [rate]) if r["seed"] == 0]
     for (method,), members in groups(rows, []).items():
-        best = max(sorted(members, key=lambda r: r["learning_rate"]), key=lambda r: r["val_accuracy"])
-        if best["learning_rate"] != 5e-4:
-            print(method, f"{best['learning_rate']:g}")
+        best = max(sorted(members, key=lambda r: r[rate]), key=lambda r: r["val_accuracy"])
+        if best[rate] != 5e-4:
+            print(method, f"{best[rate]:g}")
     return 0
 
 

@@ -82,14 +82,13 @@ def _number(text: str) -> Any:
 @dataclass(frozen=True)
 class Source:
     """Rows of one experiment for a section: ``where`` filters (column -> allowed values), ``label`` names the
-    row's method on the page (a format string over the row), ``fill`` sets columns the experiment lacks.
+    row's method on the page (a format string over the row).
     ``borrowed``: identical-configuration rows of another section's experiment (e.g. noise 0 = the main
     comparison); a section shows nothing when only its borrowed rows exist."""
 
     experiment: str
     where: dict[str, tuple] = field(default_factory=dict)
     label: str = "{method}"
-    fill: dict[str, Any] = field(default_factory=dict)
     borrowed: bool = False
 
 
@@ -109,8 +108,7 @@ def gather(sources: list[Source], experiments: dict[str, Experiment | None],
         for row in experiment.rows:
             if any(row.get(k) not in allowed for k, allowed in source.where.items()):
                 continue
-            row = {**row, **{k: v for k, v in source.fill.items() if row.get(k) is None}}
-            row["label"] = source.label.format_map({k: "" if v is None else v for k, v in row.items()})
+            row = {**row, "label": source.label.format_map({k: "" if v is None else v for k, v in row.items()})}
             key = (row["label"], *(row.get(k) for k in keys), row["seed"])
             if key not in taken:
                 taken.add(key)

@@ -19,7 +19,7 @@ BASIC_PAIRS = [("ba-lora", "pissa"), ("ba-lora", "lora"), ("pissa", "lora")]
 FIVE_PAIRS = [*BASIC_PAIRS, ("dora", "lora"), ("dual-lora", "lora")]
 # settings listed under a section when every row shares them (what varies is in the table instead)
 SETUP = ["model", "dataset", "ood_dataset", "train_size", "eval_size", "epochs", "max_steps", "rank",
-         "batch_size", "learning_rate", "warmup_ratio", "max_length", "label_noise", "imbalance_ratio",
+         "batch_size", "learning_rate_used", "warmup_ratio", "max_length", "label_noise", "imbalance_ratio",
          "auto_preset", "data_seed", "train_rows", "test_rows", "global_steps"]
 
 
@@ -57,9 +57,8 @@ SECTIONS = [
             + [("all three (= ba-lora)", "none (= pissa)")]),
     Section("rank", [Source("main-tweets", where=THREE, borrowed=True), Source("rank-tweets")], BASIC_PAIRS,
             keys=["rank"]),
-    Section("lr", [Source("main-tweets", fill={"learning_rate": 5e-4}, borrowed=True), Source("lr-tweets")],
-            FIVE_PAIRS,
-            keys=["learning_rate"]),
+    Section("lr", [Source("main-tweets", borrowed=True), Source("lr-tweets")], FIVE_PAIRS,
+            keys=["learning_rate_used"]),
     Section("ood", [Source("ood-tweets")], BASIC_PAIRS,
             metrics=[("accuracy", "in-domain test acc"), ("ood_accuracy", "out-of-domain acc"),
                      ("ood_f1_macro", "out-of-domain macro-F1"), ("val_accuracy", "val acc")],

@@ -126,3 +126,8 @@ def test_typed_numbers_ignore_names_code_and_blocks():
     text = ("SmolLM2-135M and all-MiniLM-L6-v2 in `0.5` code.\n## (a) 3 seeds\n"
             "<!-- BEGIN main -->\n0.62\n<!-- END main -->\nBut 3 seeds and +0.004 here.\n")
     assert [t.split(": ")[-1] for t in make_results.typed_numbers(text)] == ["3", "+0.004"]
+
+
+def test_committed_page_is_what_the_committed_results_give():
+    """docs/results.md and experiments/results/ are committed together: the page must be re-derivable."""
+    assert make_results.main(["--check"]) == 0
