@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_data import Experiment, gather, groups, load_experiment, missing, paired  # noqa: E402
+from results_data import Experiment, gather, groups, load_experiment, missing, paired, sort_key  # noqa: E402
 from results_sections import BY_NAME, CLAIMS, LOST, RUN_ALL, SECTIONS, SETUP, Section  # noqa: E402
 
 from balora.experiment.stats import describe  # noqa: E402
@@ -85,20 +85,21 @@ def difference(rows: list[dict], section: Section, a: str, b: str, where: dict, 
     return paired(ra, rb, section.metric, experiments, section.higher_is_better)
 
 
-def _reading(d) -> str:
+def _reading(d, a: str, b: str) -> str:
     if d.low > 0:
-        return "**a ahead** (the interval excludes 0)"
+        return f"**{a} ahead** (the interval excludes 0)"
     if d.high < 0:
-        return "**b ahead** (the interval excludes 0)"
+        return f"**{b} ahead** (the interval excludes 0)"
     return "cannot tell (the interval includes 0)"
 
 
 def _scope(d) -> str:
-    return (f"{d.seeds} seeds × {d.examples} examples" if d.examples > 1 else f"{d.seeds} seeds, per-seed values")
+    seeds = f"{d.seeds} seed{'s' * (d.seeds != 1)}"
+    return f"{seeds} × {d.examples} examples" if d.examples > 1 else f"{seeds}, per-seed values"
 
 
 def comparisons(rows: list[dict], section: Section, experiments: dict) -> str:
-    settings = sorted({tuple(r.get(k) for k in section.keys) for r in rows}, key=lambda t: tuple(map(str, t)))
+    settings = sorted({tuple(r.get(k) for k in section.keys) for r in rows}, key=lambda t: tuple(map(sort_key, t)))
     out = []
     for setting in settings:
         where = dict(zip(section.keys, setting, strict=True))
@@ -106,7 +107,7 @@ def comparisons(rows: list[dict], section: Section, experiments: dict) -> str:
         for a, b in section.pairs:
             d = difference(rows, section, a, b, where, experiments)
             if d is not None:
-                out.append(f"- {prefix}{a} − {b}: {d.interval()} ({_scope(d)}) → {_reading(d)}")
+                out.append(f"- {prefix}{a} − {b}: {d.interval()} ({_scope(d)}) → {_reading(d, a, b)}")
     return "\n".join(out) or "_no pair of methods shares a seed_"
 
 

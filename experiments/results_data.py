@@ -122,10 +122,15 @@ def _order(label: str) -> tuple:
     return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
+def sort_key(value: Any) -> tuple:
+    """Numbers before text, numbers by value (rank 2 before rank 16)."""
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
 def groups(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
     """Rows by (label, *keys), methods in their usual order, seeds ascending within a group."""
     out: dict[tuple, list[dict[str, Any]]] = {}
-    for row in sorted(rows, key=lambda r: (_order(r["label"]), *(str(r.get(k)) for k in keys), r["seed"])):
+    for row in sorted(rows, key=lambda r: (_order(r["label"]), *(sort_key(r.get(k)) for k in keys), r["seed"])):
         out.setdefault((row["label"], *(row.get(k) for k in keys)), []).append(row)
     return out
 

@@ -103,7 +103,7 @@ def test_page_numbers_intervals_and_check(tmp_path, results, capsys):
     line = next(x for x in page.splitlines() if x.startswith("- ba-lora − pissa:"))
     low, high = (float(v) for v in line.split("[")[1].split("]")[0].split(", "))
     assert line.startswith("- ba-lora − pissa: +0.200 [") and 0.0 < low < 0.2 < high < 0.4
-    assert "**a ahead**" in line
+    assert "**ba-lora ahead**" in line
     assert "| BA-LoRA beats PiSSA (NLU) | GLUE +0.59 to +1.61 points over PiSSA | **supported** |" in page
     assert "| Dual LoRA beats LoRA at equal parameters | the Dual LoRA paper | not run in the committed data" in page
     assert "| Sign gradient: hardtanh beats clip (Dual LoRA) | left open by the paper | not run yet" in page
@@ -131,3 +131,14 @@ def test_typed_numbers_ignore_names_code_and_blocks():
 def test_committed_page_is_what_the_committed_results_give():
     """docs/results.md and experiments/results/ are committed together: the page must be re-derivable."""
     assert make_results.main(["--check"]) == 0
+
+
+def test_groups_order_methods_and_numeric_settings():
+    from results_data import groups
+
+    rows = [{"label": m, "rank": r, "seed": s} for m in ("ba-lora", "lora (lr 0.005)", "lora") for r in (16, 2)
+            for s in (1, 0)]
+    keys = list(groups(rows, ["rank"]))
+    assert keys == [("lora", 2), ("lora", 16), ("lora (lr 0.005)", 2), ("lora (lr 0.005)", 16), ("ba-lora", 2),
+                    ("ba-lora", 16)]
+    assert [r["seed"] for r in groups(rows, ["rank"])[("lora", 2)]] == [0, 1]
