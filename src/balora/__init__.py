@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "BALoRAConfig",
+    "BALoRASFTTrainer",
     "BALoRATrainer",
     "BaloraError",
     "ConfigError",
@@ -36,7 +37,8 @@ __all__ = [
 ]
 
 
-_LAZY = {"BALoRATrainer": "balora.training", "BALoRAConfig": "balora.training"}
+_LAZY = {"BALoRATrainer": "balora.training", "BALoRAConfig": "balora.training",
+         "BALoRASFTTrainer": "balora.training.sft"}
 
 
 def __getattr__(name: str):
