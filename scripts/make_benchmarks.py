@@ -60,11 +60,27 @@ def _goal_table(rows: list[dict[str, Any]], device: str) -> str:
 # ------------------------------------------------------------------ the tiny CPU run
 
 
+#: A 1-thread run on the 2-core machine competes for a core once the 1-minute load average passes this.
+BUSY_LOAD = 1.5
+
+
+def _loads(rows: list[dict[str, Any]]) -> list[float]:
+    return [r["load_average_1m"] for r in rows if r.get("load_average_1m") is not None]
+
+
 def tiny_setup(rows: list[dict[str, Any]]) -> str:
     r = next(r for r in rows if "error" not in r)
     versions = ", ".join(f"{k} {r[k]}" for k in ("torch", "transformers", "peft") if r.get(k))
-    return (f"Machine: `{r['device_name']}`, {r['threads']} torch thread(s), {versions}; 1-minute load average "
-            f"{r['load_average_1m']} when the first method started.\n\n" + _fence(TINY_COMMAND, "bash"))
+    loads = _loads(rows)
+    text = (f"Machine: `{r['device_name']}`, {r['threads']} torch thread(s), {versions}; 1-minute load average "
+            f"{min(loads):.1f}–{max(loads):.1f} as the methods started (each row's `load_average_1m`).\n\n")
+    if max(loads) >= BUSY_LOAD:
+        text += (f"**This run's step times are not a measurement of the methods.** Other jobs kept the load "
+                 f"average at {min(loads):.1f}–{max(loads):.1f} on 2 cores for the whole run, so each worker got a "
+                 "varying share of a core and the time ratios below mostly show that contention (PiSSA's step is "
+                 "LoRA's plus nothing, yet it reads as a different ratio). Peak memory does not depend on the load: "
+                 "the memory ratios hold. Rerun the command on a quiet machine for times.\n\n")
+    return text + _fence(TINY_COMMAND, "bash")
 
 
 def tiny_report(rows: list[dict[str, Any]]) -> str:
@@ -83,6 +99,8 @@ def tiny_lora_row(rows: list[dict[str, Any]]) -> str:
 def tiny_findings(rows: list[dict[str, Any]]) -> str:
     by = {r["method"]: r for r in rows if "error" not in r}
     out = []
+    if max(_loads(rows)) >= BUSY_LOAD:
+        out.append("- _The times below come from the contended run above: read the memory figures only._")
     if "ba-lora" in by:
         b = by["ba-lora"]
         line = (f"- **BA-LoRA: {_x(b['time_ratio_vs_lora'])} LoRA's step time and {_x(b['memory_ratio_vs_lora'])} "

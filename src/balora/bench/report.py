@@ -44,6 +44,9 @@ def format_setup(rows: list[dict[str, Any]]) -> str:
             f"memory: {r['memory_kind']}; tokens/s counts all {r['batch_size'] * r['seq_len']} tokens per step")
 
 
+LABEL = 50  #: width of the breakdown's labels
+
+
 def format_breakdown(row: dict[str, Any]) -> str:
     b = row["breakdown"]
     lora = b.get("lora_step_ms")
@@ -52,7 +55,7 @@ def format_breakdown(row: dict[str, Any]) -> str:
         share = f"  ({b[key] / lora:.2f}x LoRA step)" if lora else ""
         peak = b.get(key.removesuffix("_ms") + "_peak_mib")
         memory = f"  peak +{peak:.1f} MiB" if peak is not None else ""
-        return f"  {label:<44} {b[key]:9.2f} ms{share}{memory}"
+        return f"  {label:<{LABEL}} {b[key]:9.2f} ms{share}{memory}"
 
     lines = [f"BA-LoRA breakdown ({b['scored_rows']} scored rows x {b['vocab']:,} vocabulary, forward + backward):"]
     if lora:
@@ -71,7 +74,7 @@ def format_breakdown(row: dict[str, Any]) -> str:
         lines.append(item("svd_through_head_ms", "    SVD through the frozen head (exact)"))
     lines.append(item("task_loss_ms", "task cross-entropy pass (every method, for scale)"))
     if lora:
-        lines.append(f"  {'rest (PiSSA vs LoRA step, noise)':<44} {b['unexplained_ms']:9.2f} ms")
+        lines.append(f"  {'rest (PiSSA vs LoRA step, noise)':<{LABEL}} {b['unexplained_ms']:9.2f} ms")
         lines.append(f"  BA-LoRA peak memory is {b['over_lora_mib']:+.1f} MiB over LoRA's {b['lora_peak_mib']:.1f} MiB")
     return "\n".join(lines)
 
