@@ -100,7 +100,8 @@ def assert_equals_one_process(out: Path, one: Path, methods: tuple[str, ...] = M
         assert len(logged) == len(expected) == 4
         for got, want in zip(logged, expected, strict=True):
             for term in ("consistency", "diversity", "svd"):
-                assert got[f"reg/{term}"] == pytest.approx(want[f"reg/{term}"], rel=1e-5, abs=1e-7), (method, term)
+                # adapters equal to 1e-5 move the near-zero consistency KL (~5e-5) by ~1e-7
+                assert got[f"reg/{term}"] == pytest.approx(want[f"reg/{term}"], rel=1e-4, abs=5e-7), (method, term)
             assert got["reg/diversity"] < 0 and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert any(h["reg/consistency"] > 0 for h in logged)  # the adapters moved away from the reference
         # trainer.save_model under the engine writes what one process writes for the same adapter
