@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
+from .chat import tokenize_chat
 from .files import load_table
 from .nlg import encode_prompt, render_prompt, sft_collator, tokenize_sft
 from .nlu import NLUColumns, prepare_nlu, tokenize_nlu
@@ -33,6 +34,7 @@ __all__ = [
     "sft_collator",
     "split",
     "subsample",
+    "tokenize_chat",
     "tokenize_nlu",
     "tokenize_sft",
 ]

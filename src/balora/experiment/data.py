@@ -27,6 +27,8 @@ from .settings import TrainSettings
 logger = logging.getLogger("balora")
 
 NLU_TASKS = ("classification", "regression")
+MESSAGES_COLUMN = "messages"  # chat data (TRL's name)
+TRL_COMPLETION = "completion"
 
 
 @dataclass
@@ -57,14 +59,17 @@ def infer_task(settings: TrainSettings, columns: list[str]) -> str:
     if settings.dataset in PACKAGED_DATASETS:
         kind = PACKAGED_DATASETS[settings.dataset].task
         return {"classification": "classification", "sft": "sft", "code": "code"}[kind]
+    if MESSAGES_COLUMN in columns:
+        return "chat"
     if settings.label_column in columns:
         return "classification"
     if settings.prompt_column in columns and settings.response_column in columns:
         return "sft"
     raise DataError(
         f"cannot tell the task of {settings.dataset!r} from its columns ({', '.join(columns)}): expected a "
-        f"'{settings.label_column}' column (classification) or '{settings.prompt_column}' and "
-        f"'{settings.response_column}' (sft); set --task or the column options."
+        f"'{settings.label_column}' column (classification), '{settings.prompt_column}' and "
+        f"'{settings.response_column}' or '{TRL_COMPLETION}' (sft), or '{MESSAGES_COLUMN}' (chat); set --task or "
+        "the column options."
     )
 
 
@@ -86,9 +91,18 @@ def fixed_labels(settings: TrainSettings, task: str) -> list[str] | None:
 def _load(name: str, settings: TrainSettings, size: int | None = None) -> Any:
     encoding = {"encoding": "latin-1"} if name.endswith(".csv") else {}
     try:
-        return load_dataset_any(name, size=size, seed=settings.data_seed)
+        dataset = load_dataset_any(name, size=size, seed=settings.data_seed)
     except UnicodeDecodeError:
-        return load_dataset_any(name, size=size, seed=settings.data_seed, **encoding)
+        dataset = load_dataset_any(name, size=size, seed=settings.data_seed, **encoding)
+    return trl_columns(dataset, settings)
+
+
+def trl_columns(dataset: Any, settings: TrainSettings) -> Any:
+    """TRL's prompt/completion data: ``completion`` is read as the response column when that is absent."""
+    columns = dataset.column_names
+    if TRL_COMPLETION in columns and settings.response_column not in columns and settings.prompt_column in columns:
+        return dataset.rename_column(TRL_COMPLETION, settings.response_column)
+    return dataset
 
 
 def _generated_size(settings: TrainSettings) -> int | None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from ..data import sft_collator, tokenize_nlu, tokenize_sft
+from ..data import sft_collator, tokenize_chat, tokenize_nlu, tokenize_sft
 from ..evaluation import (
     classification_metrics,
     evaluate_humaneval,
@@ -25,7 +25,7 @@ from ..evaluation import (
     normalize_number,
     regression_metrics,
 )
-from .data import nlu_columns
+from .data import MESSAGES_COLUMN, nlu_columns
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -40,6 +40,8 @@ def tokenize(dataset: Any, tokenizer: Any, task: str, settings: TrainSettings) -
     if task in ("classification", "regression"):
         columns = nlu_columns(settings, dataset.column_names)
         return tokenize_nlu(dataset, tokenizer, columns, max_length=settings.max_length)
+    if task == "chat":
+        return tokenize_chat(dataset, tokenizer, MESSAGES_COLUMN, max_length=settings.max_length)
     return tokenize_sft(dataset, tokenizer, prompt_column=settings.prompt_column,
                         response_column=response_column(task, settings), max_length=settings.max_length)
 
@@ -78,6 +80,8 @@ def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settin
         return classification_metrics(classes, targets, num_labels=num_labels)
     loss = trainer.evaluate(eval_dataset=tokenized)["eval_loss"]
     metrics = {"eval_loss": float(loss), "perplexity": float(math.exp(min(loss, 50.0)))}
+    if task == "chat":  # multi-turn: the held-out loss on the assistant turns is the metric
+        return metrics
     metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings, generations_file,
                                        predictions_file))
     return metrics

@@ -14,7 +14,7 @@ from ..methods import AdapterOptions, get_method, method_names
 from ..training import BALoRAConfig
 from .schema import flatten, unflatten
 
-TASKS = ("auto", "classification", "regression", "sft", "code")
+TASKS = ("auto", "classification", "regression", "sft", "chat", "code")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -36,8 +36,9 @@ class TrainSettings:
     eval_dataset: str | None = _opt(None, "evaluate on this data set instead of the held-out test split")
     ood_dataset: str | None = _opt(None, "also evaluate, without training on it, on this out-of-domain data set "
                                          "with the same labels (reported as ood_*)")
-    task: str = _opt("auto", "classification, regression, sft (instruction/response), code (HumanEval-style), "
-                             "or auto (from the data set)", choices=TASKS)
+    task: str = _opt("auto", "classification, regression, sft (instruction/response), chat (a messages column: "
+                             "loss on assistant turns), code (HumanEval-style), or auto (from the data set)",
+                     choices=TASKS)
     epochs: float = _opt(1.0, "training epochs (ignored when --max-steps is given)")
     max_steps: int | None = _opt(None, "training steps (overrides --epochs)")
     label_noise: float = _opt(0.0, "symmetric label noise rate injected into the training split (0..1)")
@@ -52,7 +53,7 @@ class TrainSettings:
     labels: str | None = _opt(None, "comma-separated class names: fixes the classes and their order; any other "
                                     "label value is an error (default: the values found in the data)")
     prompt_column: str = _opt("prompt", "NLG instruction column")
-    response_column: str = _opt("response", "NLG response column")
+    response_column: str = _opt("response", "NLG response column (TRL's completion column is read as well)")
     max_length: int = _opt(128, "maximum tokens per example")
     batch_size: int = _opt(16, "per-device training batch size")
     eval_batch_size: int = _opt(32, "evaluation batch size")

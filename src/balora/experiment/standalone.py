@@ -13,7 +13,7 @@ from ..atomic import write_json_atomic
 from ..errors import ConfigError, ModelError
 from ..models import load_model
 from ..persistence import load
-from .data import NLU_TASKS, infer_task, nlu_columns
+from .data import NLU_TASKS, infer_task, nlu_columns, trl_columns
 from .evaluate import collator, evaluate_split
 from .run import model_task
 from .settings import TrainSettings
@@ -37,7 +37,7 @@ def evaluate_adapter(settings: TrainSettings, adapter: str | None, output: str |
     run_file = adapter_dir / "balora_run.json" if adapter_dir is not None else None
     run_info: dict[str, Any] = _read_run_info(run_file) if run_file and run_file.is_file() else {}
     model, dataset, task, data_seed = settings.model, settings.dataset, settings.task, settings.data_seed
-    data = load_dataset_any(dataset, seed=data_seed)
+    data = trl_columns(load_dataset_any(dataset, seed=data_seed), settings)
     if task == "auto":
         task = run_info.get("task") or infer_task(settings, data.column_names)
     label_names = run_info.get("label_names")
