@@ -131,3 +131,27 @@ def test_bad_inputs_are_config_errors():
         pissa_factors(torch.randn(8, 6).double(), 2)
     with pytest.raises(ConfigError, match="no LoRA layer"):
         apply_pissa_init(_peft(tiny_llama(), True), adapter_name="other")
+
+
+def test_balora_adapt_uses_the_oversampled_svd_by_default():
+    """adapt(method="pissa") keeps >= 99 % of each layer's exact top-r singular-value mass in B0·A0, and
+    W_res + s·B0·A0 = W; pissa_oversample=0 is peft's own pissa_niter_K init."""
+    from conftest import tiny_llama
+    from peft.tuners.lora import LoraLayer
+
+    import balora
+    from balora.methods import INITIAL_ADAPTER
+
+    original = dict(tiny_llama().named_parameters())
+    model = balora.adapt(tiny_llama(), method="pissa", r=4)
+    assert model.peft_config["default"].init_lora_weights is True  # balora's SVD, not peft's
+    for name, layer in model.named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        W = original[name.removeprefix("base_model.model.") + ".weight"].detach().double()
+        delta = layer.get_delta_weight(INITIAL_ADAPTER).double()
+        exact = torch.linalg.svdvals(W)[:4].sum()
+        assert torch.linalg.svdvals(delta)[:4].sum() / exact >= 0.99, name
+        torch.testing.assert_close(layer.get_base_layer().weight.double() + delta, W, atol=1e-5, rtol=0)
+    stock = balora.adapt(tiny_llama(), method="pissa", r=4, pissa_niter=4, pissa_oversample=0)
+    assert stock.peft_config["default"].init_lora_weights == "pissa_niter_4"

@@ -19,12 +19,13 @@ from .base import (
     register_method,
 )
 from .options import AdapterOptions
-from .pissa import DEFAULT_PISSA_NITER, INITIAL_ADAPTER
+from .pissa import DEFAULT_PISSA_NITER, DEFAULT_PISSA_OVERSAMPLE, INITIAL_ADAPTER
 
 METHODS: tuple[str, ...] = method_names()  #: the built-in methods (``method_names()`` includes later ones)
 
 __all__ = [
     "DEFAULT_PISSA_NITER",
+    "DEFAULT_PISSA_OVERSAMPLE",
     "INITIAL_ADAPTER",
     "METHODS",
     "AdapterMethod",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..pissa_init import DEFAULT_NITER, DEFAULT_OVERSAMPLE
 
 
 def _opt(default, help: str, **extra):
@@ -31,7 +32,9 @@ class AdapterOptions:
     sign_grad: str = _opt("clip", "dual-lora: Sign's straight-through gradient: clip (incoming gradient clamped "
                                   "to [-1, 1]), hardtanh (passed where |DC| <= 1, else 0) or identity",
                           choices=("clip", "hardtanh", "identity"))
-    pissa_niter: int | None = _opt(4, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
+    pissa_niter: int | None = _opt(DEFAULT_NITER, "PiSSA randomized-SVD power iterations; 0 = exact SVD")
+    pissa_oversample: int = _opt(DEFAULT_OVERSAMPLE, "PiSSA randomized-SVD extra range-finder columns (q = r + "
+                                                      "this); 0 = peft's own pissa_niter_K")
     quantize: str | None = _opt(None, "quantize the frozen base linear layers with bitsandbytes: nf4 (4-bit, "
                                       "QLoRA; pissa/ba-lora: SVD first, then the residual, QPiSSA) or int8",
                                 choices=("nf4", "int8"))
@@ -43,6 +46,8 @@ class AdapterOptions:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.pissa_niter is not None and self.pissa_niter < 0:
             raise ConfigError(f"--pissa-niter must be >= 0, got {self.pissa_niter}.")
+        if self.pissa_oversample < 0:
+            raise ConfigError(f"--pissa-oversample must be >= 0, got {self.pissa_oversample}.")
         if self.sign_grad not in ("clip", "hardtanh", "identity"):
             raise ConfigError(f"--sign-grad must be clip, hardtanh or identity, got {self.sign_grad!r}.")
         if self.dual_warmup_steps is not None and self.dual_warmup_steps < 0:

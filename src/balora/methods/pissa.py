@@ -34,30 +34,54 @@ from peft.tuners.lora import LoraLayer
 from .. import peft_compat
 from ..adapter_file import write_balora_file
 from ..errors import ConfigError
+from ..pissa_init import DEFAULT_NITER, DEFAULT_OVERSAMPLE, apply_pissa_init
 from ..quantize import add_to_weight, is_quantized
 from .base import AdapterMethod, get_method, quantized_base, save_peft_files
 from .options import AdapterOptions
 from .pissa_convert import export_from_state_dict
 
 INITIAL_ADAPTER = "balora_initial"
-DEFAULT_PISSA_NITER = 4
+DEFAULT_PISSA_NITER = DEFAULT_NITER
+DEFAULT_PISSA_OVERSAMPLE = DEFAULT_OVERSAMPLE
+_SVD_ATTR = "_balora_pissa_svd"  # (niter, oversample) of balora's own randomized SVD, on the LoraConfig object
 
 
 class PissaMethod(AdapterMethod):
     """PiSSA (Meng et al.): LoRA initialised from the SVD of W, the residual left frozen."""
 
     name = "pissa"
-    reads: ClassVar[frozenset[str]] = AdapterMethod.reads | {"pissa_niter"}
-    own_options = ("pissa_niter",)
+    reads: ClassVar[frozenset[str]] = AdapterMethod.reads | {"pissa_niter", "pissa_oversample"}
+    own_options = ("pissa_niter", "pissa_oversample")
 
     def adapt_kwargs(self, options: AdapterOptions, total_steps: int) -> dict[str, Any]:
-        return {**options.common_kwargs(), "pissa_niter": options.pissa_niter or None}
+        return {**options.common_kwargs(), "pissa_niter": options.pissa_niter or None,
+                "pissa_oversample": options.pissa_oversample}
 
-    def config_fields(self, pissa_niter: int | None = DEFAULT_PISSA_NITER, **options: Any) -> dict[str, Any]:
+    def peft_config(self, model: nn.Module, r: int = 16, lora_alpha: float | None = None,
+                    target_modules: list[str] | str = "all-linear", *, pissa_niter: int | None = DEFAULT_PISSA_NITER,
+                    pissa_oversample: int = DEFAULT_PISSA_OVERSAMPLE, **options: Any) -> LoraConfig:
+        """peft's own PiSSA init for the exact SVD (``pissa_niter=None``) and without oversampling
+        (``pissa_oversample=0``: peft's ``pissa_niter_K``); otherwise a plain LoRA config that
+        :meth:`build_peft_model` turns into PiSSA with the oversampled randomized SVD (:mod:`balora.pissa_init`:
+        >= 99 % of the exact top-r singular-value mass where peft's ``pissa_niter_4`` gets ~95 %)."""
         if pissa_niter is not None and pissa_niter < 0:
             raise ConfigError(f"pissa_niter must be >= 0 or None (exact SVD), got {pissa_niter}.")
-        init = "pissa" if not pissa_niter else f"pissa_niter_{pissa_niter}"
-        return {**options, "init_lora_weights": init}
+        if pissa_oversample < 0:
+            raise ConfigError(f"pissa_oversample must be >= 0, got {pissa_oversample}.")
+        randomized = bool(pissa_niter) and pissa_oversample > 0
+        init = "pissa" if not pissa_niter else (True if randomized else f"pissa_niter_{pissa_niter}")
+        config = super().peft_config(model, r, lora_alpha, target_modules, init_lora_weights=init, **options)
+        if randomized:
+            object.__setattr__(config, _SVD_ATTR, (pissa_niter, pissa_oversample))
+        return config
+
+    def build_peft_model(self, model: nn.Module, config: LoraConfig, keep_name: bool = False) -> PeftModel:
+        """peft's model, then balora's randomized SVD where the config asks for it (once per config object)."""
+        svd = config.__dict__.pop(_SVD_ATTR, None)
+        peft_model = super().build_peft_model(model, config, keep_name)
+        if svd is not None:
+            apply_pissa_init(peft_model, "default", *svd)
+        return peft_model
 
     def build_quantized(self, model: nn.Module, config: LoraConfig, kind: str | None) -> PeftModel:
         """QPiSSA in one call: the SVD on the full-precision W, then the residual W_res quantized.
@@ -72,6 +96,7 @@ class PissaMethod(AdapterMethod):
         if is_quantized(model):
             raise ConfigError("the model is already quantized; drop quantize= or load it in full precision.")
         full = self.build_peft_model(model, copy.deepcopy(config))
+        config.__dict__.pop(_SVD_ATTR, None)  # the SVD ran on the full-precision copy
         factors = {name: (m.lora_A["default"].weight.detach().clone(), m.lora_B["default"].weight.detach().clone())
                    for name, m in full.named_modules() if isinstance(m, LoraLayer)}
         base = full.unload()  # the base layers keep W_res
