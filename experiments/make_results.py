@@ -153,8 +153,8 @@ def summary_block(experiments: dict[str, Experiment | None]) -> str:
         if not rows:
             verdict, interval = absent(section, missing(section.sources, experiments)), "–"
         elif d is None:
-            how = _run_all(section, missing(section.sources, experiments))
-            verdict, interval = f"not run in the committed data (`experiments/run_all.sh {how}`)", "–"
+            how = _run_all(section, [source.experiment for source in section.sources])
+            verdict, interval = f"not in the committed runs (`experiments/run_all.sh {how}`)", "–"
         else:
             verdict, interval = f"**{d.verdict(claim.claimed)}**", f"{d.interval()} ({_scope(d)})"
         lines.append(f"| {claim.text} | {claim.paper} | {verdict} | {interval} | ({section.name}) |")

@@ -105,7 +105,7 @@ def test_page_numbers_intervals_and_check(tmp_path, results, capsys):
     assert line.startswith("- ba-lora − pissa: +0.200 [") and 0.0 < low < 0.2 < high < 0.4
     assert "**ba-lora ahead**" in line
     assert "| BA-LoRA beats PiSSA (NLU) | GLUE +0.59 to +1.61 points over PiSSA | **supported** |" in page
-    assert "| Dual LoRA beats LoRA at equal parameters | the Dual LoRA paper | not run in the committed data" in page
+    assert "| Dual LoRA beats LoRA at equal parameters | the Dual LoRA paper | not in the committed runs" in page
     assert "| Sign gradient: hardtanh beats clip (Dual LoRA) | left open by the paper | not run yet" in page
     noise = page.split("<!-- BEGIN noise -->")[1]
     assert "not re-derivable from the repository (raw data lost; re-run with `experiments/run_all.sh noise`)" in noise
