@@ -63,3 +63,15 @@ def tiny_dir(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory):
+    """A tiny random Llama causal LM and its tokenizer saved as a local model directory."""
+    from balora.models import tiny_model
+
+    folder = tmp_path_factory.mktemp("tinyllama")
+    model, tokenizer = tiny_model("llama", "causal-lm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

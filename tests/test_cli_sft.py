@@ -12,17 +12,6 @@ from balora.evaluation import extract_final_number
 
 
 @pytest.fixture(scope="module")
-def tiny_causal_dir(tmp_path_factory):
-    from balora.models import tiny_model
-
-    folder = tmp_path_factory.mktemp("tinyllama")
-    model, tokenizer = tiny_model("llama", "causal-lm")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def math_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "sums.jsonl"
     rows = [{"prompt": f"{a}+{b}=?", "response": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)}

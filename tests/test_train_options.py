@@ -15,17 +15,6 @@ from balora.methods import AdapterOptions
 
 
 @pytest.fixture(scope="module")
-def tiny_causal_dir(tmp_path_factory):
-    from balora.models import tiny_model
-
-    folder = tmp_path_factory.mktemp("tinyllama")
-    model, tokenizer = tiny_model("llama", "causal-lm")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
     rows = [{"prompt": f"{a} plus {b}", "response": f"{a + b}"} for a in range(6) for b in range(5)]
