@@ -38,17 +38,18 @@ def combine(sums, weights=(0.7, 1.3, -0.4)):
 # ---------------------------------------------------------------------------------------- row_term_sums
 
 
+@pytest.mark.parametrize("temperature", [1.0, 1.7, 2.0])  # 2.0: the CE's exp is the KL's squared
 @pytest.mark.parametrize("chunk_rows", [1, 3, 100])
-def test_row_term_sums_match_reference_values_and_gradients(chunk_rows):
+def test_row_term_sums_match_reference_values_and_gradients(chunk_rows, temperature):
     z, t, y = randn(11, 17, seed=1, scale=3), randn(11, 17, seed=2, scale=3), targets(11, 17)
-    expected = ref_sums(z, y, t, 1.7, 5)
+    expected = ref_sums(z, y, t, temperature, 5)
     x = z.float().requires_grad_(True)
-    got = row_term_sums(x, chunk_rows, targets=y, teacher=t.float(), temperature=1.7, top_k=5)
+    got = row_term_sums(x, chunk_rows, targets=y, teacher=t.float(), temperature=temperature, top_k=5)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
     (g,) = torch.autograd.grad(combine(got), x)
     zz = z.clone().requires_grad_(True)
-    (g_ref,) = torch.autograd.grad(combine(ref_sums(zz, y, t, 1.7, 5)), zz)
+    (g_ref,) = torch.autograd.grad(combine(ref_sums(zz, y, t, temperature, 5)), zz)
     torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5)
 
 

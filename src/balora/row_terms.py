@@ -12,7 +12,8 @@ builds the student's or the teacher's (M, V) logits: each chunk's logits are rec
 H_c @ W^T (+ b), in the head's dtype like the model's own head, in forward and again in backward
 (the idea of Liger-Kernel's / Cut-Cross-Entropy's fused linear cross-entropy, written here from the math).
 
-Memory: both are custom autograd functions that save only their inputs (and the (M, K) top-K indices);
+Memory: both are custom autograd functions that save only their inputs (and the (M, K) top-K indices and
+the rows' (M, 3) log-sum-exps, so that backward needs one exp pass per softmax and no reduction);
 each chunk is upcast to float32 (float64 stays float64), used, and dropped, so at most a few float32
 chunks of ``rows x V`` are alive at once, never an (M, V) float32 copy. Backward recomputes each chunk:
 
@@ -36,33 +37,55 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _exp_and_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """e = exp(x - rowmax) (r, V), its row sums (r,) and logsumexp(x) (r,): one exp pass."""
+def _shifted_exp_sum(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """e = exp(scale * (x - rowmax)) (r, V), its row sums s (r,) and rowmax (r,): ONE exp pass.
+
+    logsumexp(scale * x) = scale * rowmax + log(s).
+    """
     top = x.amax(dim=-1, keepdim=True)
-    e = (x - top).exp_()
-    total = e.sum(dim=-1)
-    return e, total, top.squeeze(-1) + total.log()
+    e = _scaled_minus(x, scale, top * scale).exp_()
+    return e, e.sum(dim=-1), top.squeeze(-1)
+
+
+def _scaled_minus(x: torch.Tensor, scale: float, shift: torch.Tensor) -> torch.Tensor:
+    """scale * x - shift (r, V), shift (r, 1), in a new tensor (torch's addcmul measured slower than this)."""
+    out = torch.mul(x, scale) if scale != 1.0 else x.clone()
+    return out.sub_(shift)
+
+
+def _squares_to_power(temperature: float) -> bool:
+    """T = 2: exp(x - c) = exp((x - c)/2)^2, so the CE's exp pass is the KL's squared (a multiply, no exp)."""
+    return temperature == 2.0
 
 
 def _chunk_sums(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, temperature: float,
-                top_k: int, idx_out: torch.Tensor | None) -> Sums:
-    """The three sums over one chunk z (r, V) in the compute dtype; top-K indices go to ``idx_out``.
+                top_k: int, idx_out: torch.Tensor | None, lse_out: torch.Tensor) -> Sums:
+    """The three sums over one chunk z (r, V) in the compute dtype.
 
-    KL(p || q) with p = softmax(w), q = softmax(u), w = t/T, u = z/T is sum_v p (w - u) - lse(w) + lse(u):
-    one exp pass per side instead of two log-softmaxes and an elementwise KL. Both log-sum-exps come from
-    the same routine, so identical student and teacher rows give exactly 0.
+    Writes the top-K indices to ``idx_out`` and the rows' log-sum-exps to ``lse_out`` (r, 3): of z (CE),
+    of z/T and of t/T (KL), so backward gets every softmax with one exp pass and no reduction.
+    KL(p || q) with p = softmax(w), q = softmax(u), w = t/T, u = z/T is sum_v p (w - u) - lse(w) + lse(u),
+    and w - u = (t - z)/T: one exp pass per side. At T = 2 (the default) the CE's exp is the student's KL
+    exp squared. Identical student and teacher rows give exactly 0.
     """
     zero = z.new_zeros(())
     ce = kl = ent = zero
-    if y is not None:
-        ce = (torch.logsumexp(z, dim=-1) - z.gather(1, y[:, None]).squeeze(1)).sum()
     if t is not None:
-        u = z / temperature
-        lse_u = _exp_and_lse(u)[2]
-        w = t.to(z.dtype) / temperature
-        p, total, lse_w = _exp_and_lse(w)
-        kl = (torch.linalg.vecdot(w.sub_(u), p) / total - lse_w + lse_u).sum()
-        del u, w, p
+        e_u, sum_u, z_top = _shifted_exp_sum(z, 1.0 / temperature)
+        lse_out[:, 1] = z_top / temperature + sum_u.log()
+        if y is not None and _squares_to_power(temperature):
+            lse_out[:, 0] = z_top + e_u.square_().sum(dim=-1).log()
+        del e_u
+        t = t.to(z.dtype)
+        p, sum_w, t_top = _shifted_exp_sum(t, 1.0 / temperature)
+        lse_out[:, 2] = t_top / temperature + sum_w.log()
+        diff = torch.sub(t, z)
+        kl = (torch.linalg.vecdot(diff, p) / (sum_w * temperature) - lse_out[:, 2] + lse_out[:, 1]).sum()
+        del p, diff
+    if y is not None:
+        if t is None or not _squares_to_power(temperature):
+            lse_out[:, 0] = torch.logsumexp(z, dim=-1)
+        ce = (lse_out[:, 0] - z.gather(1, y[:, None]).squeeze(1)).sum()
     if idx_out is not None:
         values, idx = z.topk(top_k, dim=-1, sorted=False)
         idx_out.copy_(idx)
@@ -71,20 +94,37 @@ def _chunk_sums(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None,
     return ce, kl, ent
 
 
+def _softmax_from_lse(x: torch.Tensor, scale: float, lse: torch.Tensor) -> torch.Tensor:
+    """softmax(scale * x) (r, V) from the rows' logsumexp(scale * x) (r,): one exp pass, no reduction."""
+    return _scaled_minus(x, scale, lse[:, None]).exp_()
+
+
 def _chunk_grad(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, temperature: float,
-                idx: torch.Tensor | None, g_ce: torch.Tensor | None, g_kl: torch.Tensor | None,
-                g_ent: torch.Tensor | None) -> torch.Tensor:
-    """d(g_ce*ce + g_kl*kl + g_ent*ent)/dz for one chunk z (r, V); a term whose g is None is skipped."""
-    if y is not None and g_ce is not None:
-        grad = torch.softmax(z, dim=-1).mul_(g_ce)
+                idx: torch.Tensor | None, lse: torch.Tensor, g_ce: torch.Tensor | None,
+                g_kl: torch.Tensor | None, g_ent: torch.Tensor | None) -> torch.Tensor:
+    """d(g_ce*ce + g_kl*kl + g_ent*ent)/dz for one chunk z (r, V); a term whose g is None is skipped.
+
+    ``lse`` (r, 3) is what :func:`_chunk_sums` saved. dCE/dz = softmax(z) - onehot(y);
+    dKL/dz = (softmax(z/T) - softmax(t/T)) / T; at T = 2, softmax(z) = softmax(z/2)^2 * exp(2 lse_u - lse_z).
+    """
+    want_ce = y is not None and g_ce is not None
+    want_kl = t is not None and g_kl is not None
+    grad = None
+    if want_kl:
+        q = _softmax_from_lse(z, 1.0 / temperature, lse[:, 1])
+        if want_ce and _squares_to_power(temperature):
+            row = torch.exp(2.0 * lse[:, 1] - lse[:, 0]).mul_(g_ce)
+            grad = torch.square(q).mul_(row[:, None])
+        q.sub_(_softmax_from_lse(t.to(z.dtype), 1.0 / temperature, lse[:, 2])).mul_(g_kl / temperature)
+        grad = q if grad is None else grad.add_(q)
+        del q
+    if want_ce:
+        if grad is None or not (want_kl and _squares_to_power(temperature)):
+            probs = _softmax_from_lse(z, 1.0, lse[:, 0]).mul_(g_ce)
+            grad = probs if grad is None else grad.add_(probs)
         grad.scatter_add_(1, y[:, None], (-g_ce).expand(y.shape[0], 1))
-    else:
+    if grad is None:
         grad = torch.zeros_like(z)
-    if t is not None and g_kl is not None:
-        diff = torch.softmax(z / temperature, dim=-1)
-        diff -= torch.softmax(t.to(z.dtype) / temperature, dim=-1)
-        grad.add_(diff.mul_(g_kl / temperature))
-        del diff
     if idx is not None and g_ent is not None:
         logp = F.log_softmax(z.gather(1, idx), dim=-1)
         p = logp.exp()
@@ -105,15 +145,16 @@ class _LogitRowSums(torch.autograd.Function):
     def forward(ctx, student, targets, teacher, temperature, top_k, rows):  # type: ignore[override]
         dtype = compute_dtype(student)
         idx = None if top_k == 0 else student.new_empty((student.shape[0], top_k), dtype=torch.long)
+        lse = student.new_zeros((student.shape[0], 3), dtype=dtype)
         totals = [student.new_zeros((), dtype=dtype) for _ in range(3)]
         for start in range(0, student.shape[0], rows):
             sl = slice(start, start + rows)
             parts = _chunk_sums(student[sl].to(dtype), None if targets is None else targets[sl],
                                 None if teacher is None else teacher[sl], temperature, top_k,
-                                None if idx is None else idx[sl])
+                                None if idx is None else idx[sl], lse[sl])
             for total, part in zip(totals, parts, strict=True):
                 total += part
-        ctx.save_for_backward(student, targets, teacher, idx)
+        ctx.save_for_backward(student, targets, teacher, idx, lse)
         ctx.temperature, ctx.rows = temperature, rows
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: its term is skipped
         return tuple(totals)
@@ -121,7 +162,7 @@ class _LogitRowSums(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_ce, g_kl, g_ent):  # type: ignore[override]
-        student, targets, teacher, idx = ctx.saved_tensors
+        student, targets, teacher, idx, lse = ctx.saved_tensors
         dtype = compute_dtype(student)
         g_ce, g_kl, g_ent = _grad_scalars((g_ce, g_kl, g_ent), dtype)
         grad = torch.empty_like(student)
@@ -129,7 +170,7 @@ class _LogitRowSums(torch.autograd.Function):
             sl = slice(start, start + ctx.rows)
             grad[sl] = _chunk_grad(student[sl].to(dtype), None if targets is None else targets[sl],
                                    None if teacher is None else teacher[sl], ctx.temperature,
-                                   None if idx is None else idx[sl], g_ce, g_kl, g_ent)
+                                   None if idx is None else idx[sl], lse[sl], g_ce, g_kl, g_ent)
         return grad, None, None, None, None, None
 
 
@@ -148,16 +189,17 @@ class _HeadRowSums(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, teacher_hidden, temperature, top_k, rows):  # type: ignore[override]
         dtype = compute_dtype(hidden)
         idx = None if top_k == 0 else hidden.new_empty((hidden.shape[0], top_k), dtype=torch.long)
+        lse = hidden.new_zeros((hidden.shape[0], 3), dtype=dtype)
         totals = [hidden.new_zeros((), dtype=dtype) for _ in range(3)]
         for start in range(0, hidden.shape[0], rows):
             sl = slice(start, start + rows)
             teacher = None if teacher_hidden is None else _head_logits(teacher_hidden[sl], weight, bias)
             parts = _chunk_sums(_head_logits(hidden[sl], weight, bias).to(dtype),
                                 None if targets is None else targets[sl], teacher, temperature, top_k,
-                                None if idx is None else idx[sl])
+                                None if idx is None else idx[sl], lse[sl])
             for total, part in zip(totals, parts, strict=True):
                 total += part
-        ctx.save_for_backward(hidden, weight, bias, targets, teacher_hidden, idx)
+        ctx.save_for_backward(hidden, weight, bias, targets, teacher_hidden, idx, lse)
         ctx.temperature, ctx.rows = temperature, rows
         ctx.set_materialize_grads(False)
         return tuple(totals)
@@ -165,7 +207,7 @@ class _HeadRowSums(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_ce, g_kl, g_ent):  # type: ignore[override]
-        hidden, weight, bias, targets, teacher_hidden, idx = ctx.saved_tensors
+        hidden, weight, bias, targets, teacher_hidden, idx, lse = ctx.saved_tensors
         dtype = compute_dtype(hidden)
         g_ce, g_kl, g_ent = _grad_scalars((g_ce, g_kl, g_ent), dtype)
         grad = torch.empty_like(hidden)
@@ -174,7 +216,7 @@ class _HeadRowSums(torch.autograd.Function):
             teacher = None if teacher_hidden is None else _head_logits(teacher_hidden[sl], weight, bias)
             dz = _chunk_grad(_head_logits(hidden[sl], weight, bias).to(dtype),
                              None if targets is None else targets[sl], teacher, ctx.temperature,
-                             None if idx is None else idx[sl], g_ce, g_kl, g_ent)
+                             None if idx is None else idx[sl], lse[sl], g_ce, g_kl, g_ent)
             grad[sl] = dz.to(weight.dtype) @ weight  # the backward of the head's matmul, in its dtype
         return grad, None, None, None, None, None, None, None
 
