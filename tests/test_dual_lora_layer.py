@@ -127,3 +127,43 @@ def test_stock_peft_refuses_dual_lora_directory(tmp_path):
     assert not (tmp_path / "adapter_config.json").exists()
     with pytest.raises(ValueError):
         PeftModel.from_pretrained(MODEL_KINDS["llama"][0](), tmp_path)
+
+
+def _grads_of(layer, x, forward):
+    """(output, dL/dx, dL/dA, dL/dB, dL/dC, dL/dD) for L = sum(output * fixed weights)."""
+    x = x.clone().requires_grad_(True)
+    out = forward(x)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    params = layer.dual_factors("default")
+    return (out, *torch.autograd.grad((out * weights).sum(), (x, *params)))
+
+
+@pytest.mark.parametrize("sign_grad", ["clip", "hardtanh", "identity"])
+@pytest.mark.parametrize("step", [0, 2, 4])  # warm-up factor 0, 1/2, 1
+def test_folded_forward_equals_peft_path_in_value_and_gradient(step, sign_grad):
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    model = _dual_model(dtype=torch.float64)
+    balora.set_training_step(model, step)
+    for layer in _layers(model)[:3]:
+        layer.dual_sign_grad["default"] = sign_grad
+        x = torch.randn(2, 5, layer.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+        assert layer._foldable_adapter(x, (), {}) == "default"
+        folded = _grads_of(layer, x, layer)
+        peft_path = _grads_of(layer, x, lambda inp, lyr=layer: LoraLinear.forward(lyr, inp))
+        for a, b in zip(folded, peft_path, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        if step == 0:  # warm-up factor 0: the layer is the base layer and the factors get zero gradients
+            assert all(g.abs().max() == 0 for g in folded[2:])
+
+
+def test_folding_falls_back_to_peft_for_dropout_disabled_adapters_and_other_dtypes():
+    model = _dual_model()
+    layer = _layers(model)[0]
+    x = torch.randn(2, layer.in_features)
+    assert layer._foldable_adapter(x, (), {}) == "default"
+    assert layer._foldable_adapter(x.double(), (), {}) is None  # peft casts x to the adapter's dtype
+    with model.disable_adapter():
+        assert layer._foldable_adapter(x, (), {}) is None
+    dropped = balora.adapt(MODEL_KINDS["llama"][0](), "dual-lora", r=6, r1=2, r2=4, lora_dropout=0.1)
+    assert _layers(dropped)[0]._foldable_adapter(x, (), {}) is None

@@ -102,11 +102,17 @@ def naive_dual_lora() -> Iterator[None]:
         delta = functional.delta_weight(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), float(scale), sign_grad)
         return F.linear(x.to(dtype), delta)
 
-    functional.dual_lora_forward = direct
+    def direct_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                      B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, scale: float, factor: torch.Tensor,
+                      sign_grad: str = "clip") -> torch.Tensor:
+        return F.linear(x, weight, bias) + direct(x, A, B, C, D, scale, sign_grad) * factor.to(x.dtype)
+
+    original_linear = functional.dual_lora_linear
+    functional.dual_lora_forward, functional.dual_lora_linear = direct, direct_linear
     try:
         yield
     finally:
-        functional.dual_lora_forward = original
+        functional.dual_lora_forward, functional.dual_lora_linear = original, original_linear
 
 
 def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Module:

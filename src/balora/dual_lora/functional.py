@@ -11,6 +11,8 @@ derivative of hardtanh); ``"identity"`` passes it unchanged. The papers leave th
 :func:`delta_weight` is the reference formula (plain autograd, used for merging). :func:`dual_lora_forward`
 is the training path: a custom autograd Function that saves only x, A, B, C, D and recomputes the dense
 (d_out, d_in) intermediates in backward, so activation memory stays close to LoRA's (design §3).
+:func:`dual_lora_linear` is the same for a whole frozen linear layer, x @ (W + ΔW)ᵀ + b: since ΔW is built
+densely anyway, folding it into W saves one large matmul in forward and one in backward.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SIGN_GRADS", "delta_weight", "dual_lora_forward", "sign_ste"]
+__all__ = ["SIGN_GRADS", "delta_weight", "dual_lora_forward", "dual_lora_linear", "sign_ste"]
 
 SIGN_GRADS = ("clip", "hardtanh", "identity")  #: the straight-through variants of Sign's backward
 
@@ -227,3 +229,88 @@ def dual_lora_forward(
             delta = _dense_delta(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), scale)
             return F.linear(x.to(dtype), delta)
     return _DualLoraFunction.apply(x, A, B, C, D, scale, dtype, sign_grad)
+
+
+def _scale_tensor(factor: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """scale · factor as a 0-d tensor of ``dtype`` (the warm-up factor stays on the device: no host sync)."""
+    return factor.detach().to(dtype) * scale
+
+
+class _DualLinearFunction(torch.autograd.Function):
+    """x @ (W + s·ΔW)ᵀ + b for a frozen W, b; saves x, W, A, B, C, D and rebuilds ΔW's pieces in backward.
+
+    Against base(x) + x @ (s·ΔW)ᵀ: one (N, d_in) x (d_in, d_out) matmul less in forward and one
+    (N, d_out) x (d_out, d_in) less in backward (the gradient w.r.t. x goes through W + s·ΔW at once).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, factor: torch.Tensor, scale: float,
+                dtype: torch.dtype, sign_grad: str) -> torch.Tensor:
+        ctx.scale, ctx.dtype, ctx.sign_grad = scale, dtype, sign_grad
+        ctx.save_for_backward(x, weight, A, B, C, D, factor)
+        with _no_autocast(x):
+            s = _scale_tensor(factor, scale, dtype)
+            merged = _dense_delta(A.to(dtype), B.to(dtype), C.to(dtype), D.to(dtype), 1.0).mul_(s)
+            merged.add_(weight.to(dtype))
+            return F.linear(x.to(dtype), merged, None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, A, B, C, D, factor = ctx.saved_tensors
+        dtype = ctx.dtype
+        need_x, _, _, need_a, need_b, need_c, need_d = ctx.needs_input_grad[:7]
+        grads: list[torch.Tensor | None] = [None] * 11
+        with _no_autocast(x):
+            s = _scale_tensor(factor, ctx.scale, dtype)
+            g = grad_out.to(dtype)
+            xc, Ac, Bc, Cc, Dc = (t.to(dtype) for t in (x, A, B, C, D))
+            relu_m = torch.relu_(Bc @ Ac)
+            s_pre = Dc @ Cc
+            sign_s = _hard_sign(s_pre)
+            inside = s_pre.abs() <= 1 if ctx.sign_grad == "hardtanh" else None
+            del s_pre
+            if need_x:
+                merged = (relu_m * sign_s).mul_(s).add_(weight.to(dtype))
+                grads[0] = (g @ merged).to(x.dtype)
+                del merged
+            if need_a or need_b or need_c or need_d:
+                g_w = g.reshape(-1, g.shape[-1]).t() @ xc.reshape(-1, xc.shape[-1])
+                g_w.mul_(s)
+                del g, xc
+                if need_c or need_d:
+                    g_s = _sign_backward(g_w * relu_m, inside, ctx.sign_grad)
+                    if need_c:
+                        grads[5] = (Dc.t() @ g_s).to(C.dtype)
+                    if need_d:
+                        grads[6] = (g_s @ Cc.t()).to(D.dtype)
+                    del g_s
+                if need_a or need_b:
+                    g_m = g_w.mul_(sign_s).mul_(relu_m > 0)
+                    if need_a:
+                        grads[3] = (Bc.t() @ g_m).to(A.dtype)
+                    if need_b:
+                        grads[4] = (g_m @ Ac.t()).to(B.dtype)
+        return tuple(grads)
+
+
+def dual_lora_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
+    C: torch.Tensor, D: torch.Tensor, scale: float, factor: torch.Tensor, sign_grad: str = "clip",
+) -> torch.Tensor:
+    """A frozen linear layer plus its Dual LoRA update, x @ (W + scale·factor·ΔW)ᵀ + b (design §3).
+
+    x (..., d_in) -> (..., d_out); ``weight`` (d_out, d_in) and ``bias`` (d_out,) must not require grad;
+    ``factor`` is the warm-up factor, a 0-d tensor. Equal to ``F.linear(x, weight, bias) + factor ·
+    dual_lora_forward(x, A, B, C, D, scale)`` up to float rounding, with the same gradients for x, A, B, C, D,
+    at two large matmuls less per training step. Computes in x's dtype (or the autocast dtype).
+    """
+    _check_shapes(A, B, C, D)
+    _check_sign_grad(sign_grad)
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise ValueError("dual_lora_linear needs a frozen weight and bias")
+    if tuple(weight.shape) != (B.shape[0], A.shape[1]) or x.shape[-1] != A.shape[1]:
+        raise ValueError(f"weight {tuple(weight.shape)} and x (..., {x.shape[-1]}) do not fit A {tuple(A.shape)} "
+                         f"and B {tuple(B.shape)}")
+    return _DualLinearFunction.apply(x, weight, bias, A, B, C, D, factor, float(scale), _compute_dtype(x),
+                                     sign_grad)

@@ -98,6 +98,37 @@ class DualLoraLinear(LoraLinear):
         # lora_A / lora_B hold the magnitude group, of rank r1 (config.r is r1 + r2).
         super().update_layer(adapter_name, config.r1, lora_alpha, config=config, **kwargs)
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """peft's forward, except that one active Dual LoRA adapter over a frozen ``nn.Linear`` is folded
+        into the base matmul (:func:`~.functional.dual_lora_linear`: two large matmuls less per step)."""
+        adapter = self._foldable_adapter(x, args, kwargs)
+        if adapter is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.get_base_layer()
+        A, B, C, D = self.dual_factors(adapter)
+        return functional.dual_lora_linear(x, base.weight, base.bias, A, B, C, D, self.scaling[adapter],
+                                           self.lora_warmup[adapter], self.dual_sign_grad[adapter])
+
+    def _foldable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+        """The adapter to fold into the base matmul, or None where peft's own path must run: extra forward
+        arguments, adapters disabled or merged, several active adapters, dropout, a base layer that is not a
+        plain frozen nn.Linear (quantized, trained, ZeRO-3 partitioned), or dtypes that peft would cast between."""
+        if args or kwargs or self.disable_adapters or self.merged:
+            return None
+        active = [name for name in self.active_adapters if name in self.lora_A]
+        if len(active) != 1 or active[0] not in self.lora_C:
+            return None
+        adapter, base = active[0], self.get_base_layer()
+        if type(base) is not nn.Linear or base.weight.requires_grad or (
+                base.bias is not None and base.bias.requires_grad):
+            return None
+        if hasattr(base.weight, "ds_id"):  # DeepSpeed ZeRO-3 partitions W outside its own linear function
+            return None
+        if not isinstance(self.lora_dropout[adapter], nn.Identity):
+            return None
+        dtype = self.lora_A[adapter].weight.dtype
+        return adapter if base.weight.dtype == dtype and x.dtype == dtype else None
+
     def dual_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The weights (A, B, C, D) of one adapter, shapes (r1,d_in), (d_out,r1), (r2,d_in), (d_out,r2)."""
         return (
