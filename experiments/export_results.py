@@ -12,7 +12,10 @@ For experiment NAME (default: the folder's name) it writes, under experiments/re
 - ``curves/NAME.csv``: the training log per logging step (cell, step, epoch, loss, learning rate and every
   ``reg/*`` regularizer term);
 - ``predictions/NAME.csv``: one row per test (and out-of-domain) example: split, id, label and each cell's
-  prediction, for the paired statistics of :mod:`balora.experiment.stats`.
+  prediction, for the paired statistics of :mod:`balora.experiment.stats`;
+- ``epochs/NAME.csv`` (only when some cell ran with ``--epoch-eval``): one row per cell and epoch end: cell,
+  epoch, step and the ``epoch_eval/*`` values without their prefix (``test_accuracy``, ``noisy_fit``,
+  ``noisy_clean``, ``clean_train_accuracy``). They are not training-loss rows, so not in ``curves/``.
 
 No model weight and no data row leaves the run folders; the files are small text tables.
 """
@@ -93,6 +96,17 @@ def curve_rows(cell: Path) -> list[dict[str, Any]]:
     return [{"cell": cell.name, **entry} for entry in history if "loss" in entry]
 
 
+EPOCH_EVAL = "epoch_eval/"
+
+
+def epoch_rows(cell: Path) -> list[dict[str, Any]]:
+    """The cell's per-epoch evaluations (``--epoch-eval`` entries of log_history.json), prefix dropped."""
+    history = _read_json(cell / "log_history.json", [])
+    return [{"cell": cell.name, "epoch": entry.get("epoch"), "step": entry.get("step"),
+             **{k.removeprefix(EPOCH_EVAL): v for k, v in entry.items() if k.startswith(EPOCH_EVAL)}}
+            for entry in history if any(k.startswith(EPOCH_EVAL) for k in entry)]
+
+
 def _value(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -143,7 +157,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def export(runs: list[Path], name: str, out: Path = RESULTS) -> list[Path]:
-    """Write ``out/NAME.csv``, ``out/curves/NAME.csv`` and ``out/predictions/NAME.csv``; returns the paths."""
+    """Write ``out/NAME.csv``, ``out/curves/NAME.csv``, ``out/predictions/NAME.csv`` and, where there are
+    per-epoch evaluations, ``out/epochs/NAME.csv``; returns the paths."""
     cells = finished_cells(runs)
     written = [out / f"{name}.csv", out / "curves" / f"{name}.csv"]
     write_csv(written[0], [run_row(c) for c in cells])
@@ -157,6 +172,10 @@ def export(runs: list[Path], name: str, out: Path = RESULTS) -> list[Path]:
             writer.writerow(header)
             writer.writerows(rows)
         written.append(path)
+    epochs = [r for c in cells for r in epoch_rows(c)]
+    if epochs:
+        written.append(out / "epochs" / f"{name}.csv")
+        write_csv(written[-1], epochs)
     return written
 
 

@@ -3,8 +3,10 @@
     python experiments/make_results.py            # rewrite the generated blocks and docs/figures/<section>.png
     python experiments/make_results.py --check    # exit 1 when the page differs from what the files give
 
-The inputs are experiments/results/<experiment>.csv (one row per run), curves/<experiment>.csv and
-predictions/<experiment>.csv, written from `balora compare` folders by experiments/export_results.py.
+The inputs are experiments/results/<experiment>.csv (one row per run), curves/<experiment>.csv,
+predictions/<experiment>.csv and epochs/<experiment>.csv (per-epoch evaluations of ``--epoch-eval`` runs:
+a section with ``epochs`` gets one table per setting, epoch × method), written from `balora compare`
+folders by experiments/export_results.py.
 docs/results.md holds hand-written prose and generated blocks ``<!-- BEGIN name -->`` ...
 ``<!-- END name -->``; only the blocks are rewritten, and the prose may hold no result number: ``--check``
 also fails on a standalone number in the prose outside code (numbers inside names such as SmolLM2 are fine).
@@ -76,6 +78,34 @@ def method_table(rows: list[dict], section: Section) -> str:
     return "\n".join(lines)
 
 
+def epoch_tables(rows: list[dict], section: Section, experiments: dict) -> str:
+    """Per setting of ``section.keys``: one row per epoch end, per method the mean ± std over seeds of each
+    ``section.epochs`` column (from the committed epochs/ tables)."""
+    logged: dict[tuple, list[dict]] = {}
+    for name in dict.fromkeys(r["experiment"] for r in rows):
+        for entry in experiments[name].epochs if experiments.get(name) else []:
+            logged.setdefault((name, entry["cell"]), []).append(entry)
+    settings = sorted({tuple(r.get(k) for k in section.keys) for r in rows}, key=lambda t: tuple(map(sort_key, t)))
+    out = []
+    for setting in settings:
+        members = groups([r for r in rows if tuple(r.get(k) for k in section.keys) == setting], [])
+        entries = {label: [e for r in group for e in logged.get((r["experiment"], r["cell"]), [])]
+                   for (label,), group in members.items()}
+        epochs = sorted({e["epoch"] for found in entries.values() for e in found if e.get("epoch") is not None})
+        if not epochs:
+            continue
+        where = ", ".join(f"{k}={_key_text(v)}" for k, v in zip(section.keys, setting, strict=True))
+        header = ["epoch", *(f"{label} {name}" for label in entries for _, name in section.epochs)]
+        lines = [f"Per epoch{', ' + where if where else ''} (mean ± std over seeds):", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for epoch in epochs:
+            cells = [fmt(_numbers([e for e in found if e.get("epoch") == epoch], column))
+                     for found in entries.values() for column, _ in section.epochs]
+            lines.append("| " + " | ".join([_key_text(epoch), *cells]) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) or "_no per-epoch evaluations committed (epochs/ tables)_"
+
+
 def difference(rows: list[dict], section: Section, a: str, b: str, where: dict, experiments: dict):
     """The paired difference of labels ``a`` and ``b`` within the group ``where`` (None: not both present)."""
     subset = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
@@ -129,6 +159,7 @@ def section_block(section: Section, experiments: dict[str, Experiment | None], f
     runtime = _numbers(rows, "runtime_s")
     used = list(dict.fromkeys(r["experiment"] for r in rows))
     parts = [setup_line(rows), method_table(rows, section),
+             *([epoch_tables(rows, section, experiments)] if section.epochs else []),
              f"Paired differences of {section.metric} (a − b{higher}; 95 % interval from a bootstrap over seeds "
              f"and test examples where per-example predictions are committed, else over seeds):",
              comparisons(rows, section, experiments),
@@ -140,7 +171,8 @@ def section_block(section: Section, experiments: dict[str, Experiment | None], f
         if names:
             parts.append("Rows of " + ", ".join(f"`{g}`" for g in names) + f": {absent(section, names)}.")
     if section.figure and figures is not None:
-        parts.append(f"![{section.name}: test metric per seed, training loss](figures/{section.name}.png)")
+        what = "per epoch, mean over seeds" if section.epochs else "test metric per seed, training loss"
+        parts.append(f"![{section.name}: {what}](figures/{section.name}.png)")
     return "\n\n".join(parts)
 
 
@@ -210,16 +242,20 @@ def typed_numbers(text: str) -> list[str]:
 
 
 def draw_figures(results: Path, figures: Path) -> list[Path]:
-    from results_figures import draw
+    from results_figures import draw, draw_epochs
 
     experiments = load_all(results)
     drawn = []
     for section in SECTIONS:
         rows = gather(section.sources, experiments, section.keys)
         if section.figure and rows:
-            curves = [c for name in dict.fromkeys(r["experiment"] for r in rows) for c in
-                      (experiments[name].curves if experiments[name] else [])]
-            drawn.append(draw(rows, curves, section, figures / f"{section.name}.png"))
+            used = [experiments[name] for name in dict.fromkeys(r["experiment"] for r in rows) if experiments[name]]
+            if section.epochs:
+                entries = [e for experiment in used for e in experiment.epochs]
+                drawn.append(draw_epochs(rows, entries, section, figures / f"{section.name}.png"))
+            else:
+                curves = [c for experiment in used for c in experiment.curves]
+                drawn.append(draw(rows, curves, section, figures / f"{section.name}.png"))
     return drawn
 
 

@@ -41,6 +41,7 @@ class Experiment:
     rows: list[dict[str, Any]]
     splits: dict[str, Split] = field(default_factory=dict)
     curves: list[dict[str, Any]] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  #: per-epoch evaluations (``--epoch-eval``)
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -49,7 +50,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def load_experiment(results: Path, name: str) -> Experiment | None:
-    """``results/NAME.csv`` with its curves and predictions; None when the experiment has no table."""
+    """``results/NAME.csv`` with its curves, epochs and predictions; None when the experiment has no table."""
     table = results / f"{name}.csv"
     if not table.is_file():
         return None
@@ -59,6 +60,10 @@ def load_experiment(results: Path, name: str) -> Experiment | None:
     if curves.is_file():
         experiment.curves = [{**{k: _number(v) for k, v in row.items()}, "cell": row["cell"], "experiment": name}
                              for row in _read(curves)]
+    epochs = results / "epochs" / f"{name}.csv"
+    if epochs.is_file():
+        experiment.epochs = [{**{k: _number(v) for k, v in row.items()}, "cell": row["cell"], "experiment": name}
+                             for row in _read(epochs)]
     predictions = results / "predictions" / f"{name}.csv"
     if predictions.is_file():
         raw = _read(predictions)

@@ -45,3 +45,46 @@ def draw(rows: list[dict], curves: list[dict], section: Section, path: Path) -> 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def draw_epochs(rows: list[dict], entries: list[dict], section: Section, path: Path) -> Path:
+    """One column per setting of ``section.keys`` (e.g. each noise rate), one row per ``section.epochs``
+    column: its value at each epoch end, mean over seeds per method (dots: the seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(key[1:] for key in groups(rows, section.keys)))
+    fig, axes = plt.subplots(len(section.epochs), len(settings), figsize=(4.5 * len(settings),
+                             3.2 * len(section.epochs)), squeeze=False)
+    for j, setting in enumerate(settings):
+        for (label, *key), members in groups(rows, section.keys).items():
+            if tuple(key) != setting:
+                continue
+            cells = {(r["experiment"], r["cell"]) for r in members}
+            mine = [e for e in entries if (e["experiment"], e["cell"]) in cells]
+            for i, (column, name) in enumerate(section.epochs):
+                points: dict[float, list[float]] = {}
+                for e in mine:
+                    if isinstance(e.get(column), float) and isinstance(e.get("epoch"), float):
+                        points.setdefault(e["epoch"], []).append(e[column])
+                if not points:
+                    continue
+                xs = sorted(points)
+                line, = axes[i][j].plot(xs, [sum(points[x]) / len(points[x]) for x in xs], marker="o", ms=3,
+                                        label=label)
+                for x in xs:
+                    axes[i][j].scatter([x] * len(points[x]), points[x], color=line.get_color(), s=6, alpha=0.4)
+                axes[i][j].set_ylabel(name)
+        for i in range(len(section.epochs)):
+            where = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in zip(section.keys, setting, strict=True))
+            axes[i][j].set_title(where, fontsize=9)
+            axes[i][j].set_xlabel("epoch")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -32,7 +32,9 @@ class Section:
     metrics: list[tuple[str, str]] = field(default_factory=lambda: METRICS)
     metric: str = "accuracy"  #: the metric compared in the paired differences
     higher_is_better: bool = True
-    figure: bool = False  #: draw docs/figures/NAME.png (test metric per method, training loss)
+    figure: bool = False  #: draw docs/figures/NAME.png (test metric per method, training loss; or per epoch)
+    #: per-epoch columns (``--epoch-eval``, experiments/results/epochs/): a table per setting, epoch × method
+    epochs: list[tuple[str, str]] = field(default_factory=list)
 
 
 SECTIONS = [
@@ -45,6 +47,8 @@ SECTIONS = [
              ("dual-lora (hardtanh)", "dual-lora (identity)")], figure=True),
     Section("noise", [Source("main-tweets", where=THREE, borrowed=True), Source("noise-tweets")], BASIC_PAIRS,
             keys=["label_noise"]),
+    Section("noise-epochs", [Source("noise-epochs-tweets")], BASIC_PAIRS, keys=["label_noise"],
+            epochs=[("test_accuracy", "test acc"), ("noisy_fit", "noisy fit")], figure=True),
     Section("imbalance", [Source("imbalance-tweets")], BASIC_PAIRS,
             metrics=[("accuracy", "test acc"), ("f1_macro", "macro-F1"), ("balanced_accuracy", "balanced acc")],
             metric="balanced_accuracy"),
@@ -71,9 +75,10 @@ SECTIONS = [
 BY_NAME = {s.name: s for s in SECTIONS}
 # experiment -> the experiments/run_all.sh name that runs (and exports) it
 RUN_ALL = {"main-tweets": "main", "main-tweets-paper": "paper", "sign-grad-tweets": "sign-grad",
-           "noise-tweets": "noise", "imbalance-tweets": "imbalance", "ablation-consistency-only": "ablation",
-           "ablation-diversity-only": "ablation", "ablation-svd-only": "ablation", "rank-tweets": "rank",
-           "lr-tweets": "lr", "ood-tweets": "ood", "boolq": "boolq", "nlg-gsm": "nlg"}
+           "noise-tweets": "noise", "noise-epochs-tweets": "noise-epochs", "imbalance-tweets": "imbalance",
+           "ablation-consistency-only": "ablation", "ablation-diversity-only": "ablation",
+           "ablation-svd-only": "ablation", "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
+           "boolq": "boolq", "nlg-gsm": "nlg"}
 # experiments whose raw runs of earlier sessions were never committed and are lost (the rest: not run yet)
 LOST = {"main-tweets", "main-tweets-paper", "noise-tweets", "imbalance-tweets", "ablation-consistency-only",
         "ablation-diversity-only", "ablation-svd-only", "rank-tweets", "lr-tweets", "ood-tweets", "boolq", "nlg-gsm"}

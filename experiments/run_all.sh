@@ -2,8 +2,8 @@
 # Re-run every experiment of docs/results.md, in priority order; export each into experiments/results/ (the
 # committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
-#   experiments/run_all.sh main noise      # only these (names: main sign-grad noise imbalance ablation paper rank lr
-#                                          # ood boolq nlg)
+#   experiments/run_all.sh main noise      # only these (names: main sign-grad noise noise-epochs imbalance ablation
+#                                          # paper rank lr ood boolq nlg)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main sign-grad imbalance noise ablation paper rank lr ood boolq nlg"
+ALL="main sign-grad imbalance noise noise-epochs ablation paper rank lr ood boolq nlg"
 WANT="${*:-$ALL}"
 
 output() {  # output CONFIG: the config's output folder
@@ -39,6 +39,7 @@ run imbalance experiments/imbalance-tweets.yaml
 plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/pissa-seed0 \
     runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
 run noise experiments/noise-tweets.yaml
+run noise-epochs experiments/noise-epochs-tweets.yaml
 run ablation experiments/ablation-consistency-only.yaml
 run ablation experiments/ablation-diversity-only.yaml
 run ablation experiments/ablation-svd-only.yaml

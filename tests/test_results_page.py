@@ -81,6 +81,7 @@ def test_export_writes_runs_curves_and_predictions(results):
     predictions = list(csv.reader((results / "predictions" / "main-tweets.csv").open()))
     assert predictions[0][:3] == ["split", "id", "label"] and len(predictions) == 21
     assert predictions[1][:4] == ["test", "0", "0", "0"]
+    assert not (results / "epochs").exists()  # no --epoch-eval run: no per-epoch table
 
 
 def test_export_refuses_cells_scored_on_other_examples(tmp_path, results):
@@ -142,3 +143,66 @@ def test_groups_order_methods_and_numeric_settings():
     assert keys == [("lora", 2), ("lora", 16), ("lora (lr 0.005)", 2), ("lora (lr 0.005)", 16), ("ba-lora", 2),
                     ("ba-lora", 16)]
     assert [r["seed"] for r in groups(rows, ["rank"])[("lora", 2)]] == [0, 1]
+
+
+# (test accuracy, noisy fit) at epochs 1 and 2 at noise 0.2; at noise 0.4 the accuracy is 0.1 lower, the fit 0.1 higher
+EPOCH_VALUES = {("lora", 0): [(0.5, 0.1), (0.6, 0.3)], ("lora", 1): [(0.7, 0.2), (0.8, 0.5)],
+                ("ba-lora", 0): [(0.6, 0.05), (0.7, 0.1)], ("ba-lora", 1): [(0.6, 0.15), (0.9, 0.2)]}
+EPOCH_PAGE = """# Results
+
+<!-- BEGIN noise-epochs -->
+<!-- END noise-epochs -->
+"""
+
+
+def _epoch_cell(root: Path, method: str, seed: int, noise: float) -> None:
+    cell = root / "cells" / f"{method}-label_noise{noise}-seed{seed}"
+    cell.mkdir(parents=True)
+    shift = 0.0 if noise == 0.2 else 0.1
+    values = [(round(acc - shift, 6), round(fit + shift, 6)) for acc, fit in EPOCH_VALUES[(method, seed)]]
+    config = {"model": "minilm", "dataset": "tweets", "method": method, "seed": seed, "output": str(cell),
+              "label_noise": noise, "epochs": 2, "epoch_eval": True, "learning_rate": None, "data_seed": 0}
+    (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    (cell / "metrics.json").write_text(json.dumps({"accuracy": values[-1][0], "train_runtime_s": 10.0}))
+    history = [{"loss": 1.0, "step": 2, "epoch": 0.5}]
+    for epoch, (acc, fit) in enumerate(values, start=1):
+        history.append({"epoch_eval/test_accuracy": acc, "epoch_eval/noisy_fit": fit,
+                        "epoch_eval/noisy_clean": round(1 - fit, 6), "epoch_eval/clean_train_accuracy": 0.9,
+                        "epoch": float(epoch), "step": 4 * epoch})
+    (cell / "log_history.json").write_text(json.dumps(history))
+
+
+def test_noise_epochs_section_means_and_stds(tmp_path):
+    runs = tmp_path / "runs" / "noise-epochs-tweets"
+    for method, seed in EPOCH_VALUES:
+        for noise in (0.2, 0.4):
+            _epoch_cell(runs, method, seed, noise)
+    out = tmp_path / "results"
+    assert export_results.main([str(runs), "--out", str(out)]) == 0
+    epochs = list(csv.DictReader((out / "epochs" / "noise-epochs-tweets.csv").open()))
+    assert len(epochs) == 16 and list(epochs[0]) == ["cell", "epoch", "step", "test_accuracy", "noisy_fit",
+                                                     "noisy_clean", "clean_train_accuracy"]
+    assert all("epoch_eval" not in r["cell"] for r in epochs)
+    curves = list(csv.DictReader((out / "curves" / "noise-epochs-tweets.csv").open()))
+    assert len(curves) == 8 and "epoch_eval/noisy_fit" not in curves[0]  # loss rows only
+
+    doc = tmp_path / "results.md"
+    doc.write_text(EPOCH_PAGE)
+    assert make_results.main(["--results", str(out), "--doc", str(doc)]) == 0
+    page = doc.read_text()
+    header = "| epoch | lora test acc | lora noisy fit | ba-lora test acc | ba-lora noisy fit |"
+    low, high = page.split("Per epoch, label_noise=0.2")[1].split("Per epoch, label_noise=0.4")
+    assert header in low and header in high
+    # sample std of two values a, b: |a - b| / sqrt(2); 0.2 apart -> 0.141, 0.1 apart -> 0.071
+    assert "| 1 | 0.600 ± 0.141 | 0.150 ± 0.071 | 0.600 ± 0.000 | 0.100 ± 0.071 |" in low
+    assert "| 2 | 0.700 ± 0.141 | 0.400 ± 0.141 | 0.800 ± 0.141 | 0.150 ± 0.071 |" in low
+    assert "| 1 | 0.500 ± 0.141 | 0.250 ± 0.071 | 0.500 ± 0.000 | 0.200 ± 0.071 |" in high
+    assert "| 2 | 0.600 ± 0.141 | 0.500 ± 0.141 | 0.700 ± 0.141 | 0.250 ± 0.071 |" in high
+    assert "| lora | 0.2 | 0,1 | 0.700 ± 0.141 |" in page  # the final test accuracy, as in the other sections
+    assert (tmp_path / "figures" / "noise-epochs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](figures/noise-epochs.png)" in page
+    assert make_results.main(["--results", str(out), "--doc", str(doc), "--check"]) == 0
+
+    doc.write_text(EPOCH_PAGE)
+    assert make_results.main(["--results", str(tmp_path / "none"), "--doc", str(doc), "--no-figures"]) == 0
+    assert "_Results not run yet (run with `experiments/run_all.sh noise-epochs`)._" in doc.read_text()

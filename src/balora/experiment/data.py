@@ -40,6 +40,7 @@ class ExperimentData:
     ood: Any | None = None
     label_names: list[str] | None = None
     noise_indices: list[int] = field(default_factory=list)
+    noise_originals: list[int] = field(default_factory=list)  #: the clean label of each ``noise_indices`` row
 
     @property
     def num_labels(self) -> int:
@@ -124,6 +125,8 @@ def load_experiment_data(settings: TrainSettings) -> ExperimentData:
         raise ConfigError("--label-noise and --imbalance-ratio apply to classification data only.")
     elif settings.labels:
         raise ConfigError("--labels applies to classification data only.")
+    if settings.epoch_eval and task != "classification":
+        raise ConfigError(f"--epoch-eval applies to classification data only, not to {task}.")
     test_fraction = 0.0 if settings.eval_dataset else settings.test_fraction
     parts = split(raw, settings.validation_fraction, test_fraction, seed=settings.data_seed,
                   stratify=task == "classification", label_column=settings.label_column)
@@ -137,6 +140,7 @@ def load_experiment_data(settings: TrainSettings) -> ExperimentData:
         train = make_imbalanced(train, settings.imbalance_ratio, seed=settings.data_seed,
                                 label_column=settings.label_column)
     noise_indices: list[int] = []
+    clean_labels = train[settings.label_column] if settings.label_noise else []
     if settings.label_noise:
         train, noise_indices = add_label_noise(train, settings.label_noise, len(label_names or []),
                                                seed=settings.data_seed, label_column=settings.label_column)
@@ -150,7 +154,8 @@ def load_experiment_data(settings: TrainSettings) -> ExperimentData:
     logger.info("data: %s task, %d train / %d validation / %d test%s%s", task, train.num_rows, validation.num_rows,
                 test.num_rows, f" / {ood.num_rows} out-of-domain" if ood is not None else "",
                 f", {len(noise_indices)} noisy labels" if noise_indices else "")
-    return ExperimentData(task, train, validation, test, ood, label_names, list(map(int, noise_indices)))
+    return ExperimentData(task, train, validation, test, ood, label_names, list(map(int, noise_indices)),
+                          [int(clean_labels[i]) for i in noise_indices])
 
 
 def _cap(dataset: Any, settings: TrainSettings) -> Any:

@@ -67,10 +67,7 @@ def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settin
         return {}
     tokenized = tokenize(dataset, tokenizer, task, settings)
     if task in ("classification", "regression"):
-        output = trainer.predict(tokenized, metric_key_prefix="eval")
-        predictions = np.asarray(output.predictions[0] if isinstance(output.predictions, tuple)
-                                 else output.predictions)
-        labels = np.asarray(output.label_ids)
+        predictions, labels = predict_nlu(trainer, tokenized)
         if task == "regression":
             values, targets = predictions.reshape(-1).tolist(), labels.reshape(-1).tolist()
             write_predictions(predictions_file, targets, values)
@@ -85,6 +82,14 @@ def evaluate_split(trainer: Any, tokenizer: Any, dataset: Any, task: str, settin
     metrics.update(_generation_metrics(trainer.model, tokenizer, dataset, task, settings, generations_file,
                                        predictions_file))
     return metrics
+
+
+def predict_nlu(trainer: Any, tokenized: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(model outputs (N, C) or (N, 1), labels (N,)) of ``trainer.model`` on a tokenized NLU split, in row order:
+    the Trainer's own prediction loop (eval mode, no grad, ``per_device_eval_batch_size``)."""
+    output = trainer.predict(tokenized, metric_key_prefix="eval")
+    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return np.asarray(predictions), np.asarray(output.label_ids)
 
 
 def write_predictions(path: Path | None, labels: list[Any], predictions: list[Any],

@@ -2,7 +2,8 @@
 
 The run directory holds (all JSON/YAML written atomically):
 ``config.yaml`` (the resolved settings), ``adapter/`` (the shareable adapter, see :mod:`balora.persistence`),
-``checkpoints/`` (resumable), ``log_history.json`` (every logged loss and regularizer term),
+``checkpoints/`` (resumable), ``log_history.json`` (every logged loss and regularizer term; with
+``--epoch-eval`` also one ``epoch_eval/*`` entry per epoch, see :class:`~.callbacks.EpochEvalCallback`),
 ``noise_indices.json`` (rows whose label was changed), ``representations/`` (for t-SNE),
 ``run_info.json`` (task, labels, timings, the NLU target the regularizers used), ``metrics.json``, a
 flat object of the final evaluation (test or ``--eval-dataset``), ``val_*`` (validation) and ``ood_*``,
@@ -35,7 +36,7 @@ from ..methods import adapt, get_method
 from ..models import load_model, resolve_model_dir
 from ..training import BALoRATrainer
 from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
-from .callbacks import GracefulStop, RepresentationCallback
+from .callbacks import EpochEvalCallback, GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
 from .reporting import checkpointing_arguments, precision_arguments, report_callbacks
@@ -133,10 +134,17 @@ def build_trainer(settings: TrainSettings, data: ExperimentData, out: Path) -> t
         reps = tokenize(data.validation, tokenizer, data.task, settings)
         callbacks.append(RepresentationCallback(reps, collator(tokenizer, data.task), out / "representations",
                                                 settings.representation_checkpoints))
+    epoch_eval = None
+    if settings.epoch_eval:
+        epoch_eval = EpochEvalCallback(tokenize(data.test, tokenizer, data.task, settings), train_set,
+                                       data.noise_indices, data.noise_originals)
+        callbacks.append(epoch_eval)
     trainer = BALoRATrainer(model=model, args=args, train_dataset=train_set,
                             data_collator=collator(tokenizer, data.task), processing_class=tokenizer,
                             balora_config=settings.regularizers, callbacks=callbacks)
     trainer.balora_info["adapter_init_s"] = round(init_s, 3)
+    if epoch_eval is not None:
+        epoch_eval.trainer = trainer
     return trainer, tokenizer
 
 
@@ -225,6 +233,9 @@ def _run_training(settings: TrainSettings) -> dict[str, float]:
             logger.info("%s is the end of training (step %d): nothing left to train", resume_from, end.global_step)
             trainer._load_from_checkpoint(resume_from)
             trainer.state = end
+            for callback in trainer.callback_handler.callbacks:  # the last epoch's end, if not yet evaluated
+                if isinstance(callback, EpochEvalCallback):
+                    callback.catch_up(end)
         else:
             with reporting_disk_full(f"the training outputs in {out}", checkpoints):  # checkpoints name themselves
                 trainer.train(resume_from_checkpoint=resume_from)

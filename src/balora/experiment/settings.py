@@ -76,6 +76,10 @@ class TrainSettings:
     save_steps: int = _opt(200, "write a resumable checkpoint every N steps")
     representation_checkpoints: int = _opt(0, "save validation representations at N evenly spaced steps "
                                               "(for balora plot tsne)")
+    epoch_eval: bool = _opt(False, "classification: at each epoch's end log (epoch_eval/* in log_history.json) the "
+                                   "test accuracy, the share of label-noise training rows predicted as their "
+                                   "corrupted label (noisy_fit) and as their clean label (noisy_clean), and the "
+                                   "accuracy on the other training rows (clean_train_accuracy)")
     resume: bool = _opt(False, "continue from the last checkpoint in OUTPUT")
     overwrite: bool = _opt(False, "replace a finished run in OUTPUT")
     trust_remote_code: bool = _opt(False, "allow a model directory's own Python code to run")
