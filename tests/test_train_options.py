@@ -80,3 +80,19 @@ def test_bad_option_values_are_one_line_errors(tiny_causal_dir, pairs_file, tmp_
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
     with pytest.raises(ConfigError, match="--quantize is an option"):
         TrainSettings(model="m", dataset="d", output="o", method="full", adapter=AdapterOptions(quantize="nf4"))
+
+
+@pytest.mark.parametrize("backend", ["wandb", "tensorboard"])
+def test_a_missing_logging_package_is_one_line_before_anything_loads(tiny_causal_dir, pairs_file, tmp_path, capsys,
+                                                                      monkeypatch, backend):
+    from balora.experiment import reporting
+
+    monkeypatch.setattr(reporting, "_installed", lambda package: package != backend)  # as on a machine without it
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(tiny_causal_dir), "--dataset", str(pairs_file), "--output", str(out),
+                 "--max-steps", "1", "--report-to", backend])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"balora: error: --report-to {backend} needs {backend}: "
+                     f"{reporting.BACKENDS[backend][1]}."]  # nothing loaded, logged or written first
+    assert not out.exists()

@@ -18,27 +18,42 @@ import torch
 
 from ..errors import ConfigError
 
+#: the package each ``--report-to`` backend needs, and how to install it
+BACKENDS = {"tensorboard": ("tensorboard", "pip install 'balora[tensorboard]'"),
+            "wandb": ("wandb", "pip install wandb")}
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def check_report_to(report_to: str) -> None:
+    """A one-line error for an unknown backend or one whose package is missing; run it before anything
+    loads, so a missing package does not cost a model load."""
+    if report_to == "none":
+        return
+    if report_to not in BACKENDS:
+        raise ConfigError(f"--report-to must be none, tensorboard or wandb, got {report_to!r}.")
+    package, install = BACKENDS[report_to]
+    if not _installed(package):
+        raise ConfigError(f"--report-to {report_to} needs {package}: {install}.")
+
 
 def report_callbacks(report_to: str, out: Path) -> list[Any]:
     """The Trainer callbacks for ``--report-to`` (none: no callback)."""
-    if report_to == "none":
-        return []
+    check_report_to(report_to)
     if report_to == "tensorboard":
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("--report-to tensorboard needs tensorboard: pip install 'balora[tensorboard]'.")
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
         return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard")))]
     if report_to == "wandb":
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("--report-to wandb needs wandb: pip install wandb.")
         from transformers.integrations import WandbCallback
 
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", str(out))
         return [WandbCallback()]
-    raise ConfigError(f"--report-to must be none, tensorboard or wandb, got {report_to!r}.")
+    return []
 
 
 def precision_arguments(bf16: bool, dtype: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
 from .callbacks import EpochEvalCallback, GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
-from .reporting import checkpointing_arguments, precision_arguments, report_callbacks
+from .reporting import check_report_to, checkpointing_arguments, precision_arguments, report_callbacks
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -170,6 +170,7 @@ def save_adapter_atomic(model: Any, folder: Path) -> None:
 def run_training(settings: TrainSettings) -> dict[str, float]:
     """Train, save and evaluate one run; returns the metrics also written to ``metrics.json``."""
     resolve_model_dir(settings.model)  # fail fast on a missing or partial model, before any data work
+    check_report_to(settings.report_to)  # and on a missing logging package, before the output folder exists
     Path(settings.output).mkdir(parents=True, exist_ok=True)
     with FolderLock(settings.output, "balora train"):
         return _run_training(settings)
