@@ -111,6 +111,25 @@ def test_bad_options_are_config_errors():
     assert NAIVE_DUAL in BENCH_METHODS
 
 
+def test_nf4_rows_train_over_linear4bit_base_layers_and_are_opt_in():
+    pytest.importorskip("bitsandbytes")
+    from balora.bench.shapes import build_model, model_config
+    from balora.bench.worker import QUANTIZED, adapt_for
+
+    assert not set(QUANTIZED) & set(default_methods()) and set(QUANTIZED) <= set(BENCH_METHODS)
+    rows = run_benchmark("micro", ["lora", "lora-nf4", "ba-lora-nf4"], isolate=False, device="cpu", steps=1,
+                         warmup=0)
+    by = {r["method"]: r for r in rows}
+    for method in ("lora-nf4", "ba-lora-nf4"):
+        _check_row(by[method])
+        assert by[method]["quantize"] == "nf4" and by[method]["quantized_layers"] == 2 * 7  # 2 layers x 7 linears
+        assert by[method]["trainable_params"] == by["lora"]["trainable_params"]  # only the adapter trains
+    assert "quantize" not in by["lora"]
+    model = adapt_for(build_model(model_config("micro"), "float32", "cpu", 0), "ba-lora-nf4", 4)
+    bases = {type(m.base_layer) for m in model.modules() if hasattr(m, "lora_A")}
+    assert [(b.__module__.split(".")[0], b.__name__) for b in bases] == [("bitsandbytes", "Linear4bit")]
+
+
 def _synthetic(device: str = "cpu") -> list[dict]:
     """Rows with known times and memory: ratios to the lora row are known exactly."""
     def row(method: str, ms: float, mib: float) -> dict:

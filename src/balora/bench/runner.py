@@ -82,7 +82,8 @@ def run_benchmark(
             model directory (config only, random weights).
         methods: from :data:`BENCH_METHODS`; default :data:`balora.METHODS` with ``lora-stock`` (stock peft
             LoRA + stock ``transformers.Trainer``) after ``lora``.
-            ``dual-lora-naive`` is Dual LoRA through the direct autograd formula (dense ΔW kept).
+            ``dual-lora-naive`` is Dual LoRA through the direct autograd formula (dense ΔW kept);
+            ``lora-nf4``/``ba-lora-nf4`` are QLoRA/QPiSSA (NF4 base; only when asked for).
         batch_size, seq_len: default the shape's (``tiny`` 4 × 128, ``llama-1b`` 8 × 512).
         scored_fraction: trailing fraction of each sequence with labels (the prompt part is -100).
         dtype: ``float32`` or ``bfloat16``; default the shape's.

@@ -4,9 +4,11 @@ The step is exactly the Trainer's: :meth:`BALoRATrainer.training_step` (so ``com
 reference forward and the three regularizers for ``ba-lora``, the ``paper`` preset; no regularizer for
 the other methods), gradient clipping, ``optimizer.step()``, the scheduler step and ``zero_grad()``, plus
 the Dual LoRA warm-up update the Trainer's callback does. ``ba-lora`` and ``lora`` therefore differ only
-by the regularizers and the PiSSA initialisation. ``lora-stock`` is the usual setup with nothing of
-balora: ``peft.get_peft_model`` and a plain ``transformers.Trainer`` (its ``compute_loss`` builds the whole
-(B, T, V) logits), so its row shows what balora's own LoRA step saves. ``python -m balora.bench --worker``
+by the regularizers and the PiSSA initialisation. ``lora-nf4`` and ``ba-lora-nf4`` are the same methods
+over an NF4 base (``balora.adapt(..., quantize="nf4")``: QLoRA and QPiSSA; opt-in, bitsandbytes needed).
+``lora-stock`` is the usual setup with nothing of balora: ``peft.get_peft_model`` and a plain
+``transformers.Trainer`` (its ``compute_loss`` builds the whole (B, T, V) logits), so its row shows what
+balora's own LoRA step saves. ``python -m balora.bench --worker``
 runs one spec in a fresh process (see :mod:`balora.bench.memory` for why).
 """
 
@@ -37,7 +39,9 @@ BASELINE = "lora"  #: the row every ratio is taken against
 DUAL = "dual-lora"
 NAIVE_DUAL = f"{DUAL}-naive"  # Dual LoRA through the direct formula (dense ΔW kept for backward)
 STOCK_LORA = "lora-stock"  # stock peft LoRA trained by a stock transformers.Trainer: nothing of balora
-BENCH_METHODS: tuple[str, ...] = (*METHODS, STOCK_LORA, NAIVE_DUAL)
+#: opt-in rows over a quantized base: bench name -> (method, ``quantize=``); never in the default run
+QUANTIZED: dict[str, tuple[str, str]] = {"lora-nf4": ("lora", "nf4"), "ba-lora-nf4": ("ba-lora", "nf4")}
+BENCH_METHODS: tuple[str, ...] = (*METHODS, STOCK_LORA, NAIVE_DUAL, *QUANTIZED)
 
 
 @dataclass
@@ -116,8 +120,9 @@ def naive_dual_lora() -> Iterator[None]:
 
 
 def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Module:
-    """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model); ``lora-stock`` is
-    peft's own ``get_peft_model`` with the usual LoRA config (all linear layers, alpha = r)."""
+    """``balora.adapt`` as training uses it (the naive Dual LoRA is the same model; ``*-nf4`` passes
+    ``quantize="nf4"``); ``lora-stock`` is peft's own ``get_peft_model`` with the usual LoRA config (all
+    linear layers, alpha = r)."""
     from .. import adapt
     from ..methods import AdapterMethod, get_method
 
@@ -126,6 +131,9 @@ def adapt_for(model: nn.Module, method: str, rank: int, **options: Any) -> nn.Mo
 
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules="all-linear", task_type=TaskType.CAUSAL_LM)
         return get_peft_model(model, config)
+    if method in QUANTIZED:
+        name, kind = QUANTIZED[method]
+        return adapt(model, method=name, r=rank, quantize=kind, **options)
     name = DUAL if method == NAIVE_DUAL else method
     if not isinstance(get_method(name), AdapterMethod):
         return adapt(model, method=name)
@@ -240,6 +248,11 @@ def measure_method(spec: BenchSpec) -> dict[str, Any]:
             "fresh_process": spec.fresh_process,
             "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         }
+        if spec.method in QUANTIZED:
+            from ..quantize import is_bnb_layer
+
+            row["quantize"] = QUANTIZED[spec.method][1]
+            row["quantized_layers"] = sum(is_bnb_layer(m) for m in model.modules())
         if spec.breakdown:
             from .breakdown import balora_breakdown
 

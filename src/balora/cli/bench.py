@@ -11,6 +11,7 @@ from .common import EXIT_FAILURE, EXIT_OK, add_config_option, fraction, positive
 EPILOG = """examples:
   balora bench --model tiny --device cpu --json
   balora bench --model tiny --device cpu --dual-naive --breakdown --svd-init
+  balora bench --model tiny --device cpu --methods lora lora-nf4 ba-lora ba-lora-nf4
   balora bench --model llama-1b --device cuda --dtype bfloat16 --json --output bench.json
 
 Each method runs in a fresh process (on the CPU that is how its peak RSS is per method). Progress goes to
@@ -32,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--model", default="tiny",
                         help=f"a shape ({', '.join(SHAPES)}) or a model directory (config only, random weights)")
     parser.add_argument("--methods", nargs="+", choices=BENCH_METHODS, default=None, metavar="METHOD",
-                        help=f"methods to measure (default: {' '.join(default_methods())}); also dual-lora-naive")
+                        help=f"methods to measure (default: {' '.join(default_methods())}); also dual-lora-naive, "
+                             "lora-nf4 and ba-lora-nf4 (an NF4 base: QLoRA, QPiSSA; needs bitsandbytes)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the shape's")
     parser.add_argument("--seq-len", type=positive_int, default=None, help="default: the shape's")
     parser.add_argument("--scored-fraction", type=fraction, default=0.5,
