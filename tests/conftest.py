@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import random
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
@@ -75,3 +79,17 @@ def tiny_causal_dir(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+SENTIMENT_WORDS = {0: ["awful", "bad", "sad", "terrible"], 1: ["good", "great", "happy", "lovely"]}
+
+
+def write_sentiment_csv(path: Path, rows: int) -> Path:
+    """A separable 2-class text file (text, label neg/pos, alternating) of ``rows`` rows, seeded."""
+    rng = random.Random(0)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(rows):
+            writer.writerow([" ".join(rng.choice(SENTIMENT_WORDS[i % 2]) for _ in range(4)), ["neg", "pos"][i % 2]])
+    return path

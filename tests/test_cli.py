@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 
 import pytest
 import yaml
+from conftest import write_sentiment_csv
 
 from balora.cli.main import main
-
-WORDS = {0: ["awful", "bad", "sad", "terrible"], 1: ["good", "great", "happy", "lovely"]}
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
-    rng = random.Random(0)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(120):
-            label = i % 2
-            writer.writerow([" ".join(rng.choice(WORDS[label]) for _ in range(4)), ["neg", "pos"][label]])
-    return path
+    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "sentiment.csv", 120)
 
 
 def _train_args(tiny_dir, data_file, out, method="ba-lora", *extra):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_sentiment_csv
 from safetensors.torch import load_file
 
 from balora.errors import ConfigError
@@ -18,20 +17,12 @@ from balora.experiment.evaluate import tokenize
 from balora.experiment.run import build_trainer, run_training
 from balora.experiment.settings import TrainSettings
 
-WORDS = {0: ["awful", "bad", "sad", "terrible"], 1: ["good", "great", "happy", "lovely"]}
 KEYS = ("test_accuracy", "noisy_fit", "noisy_clean", "clean_train_accuracy")
 
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
-    rng = random.Random(0)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(80):
-            writer.writerow([" ".join(rng.choice(WORDS[i % 2]) for _ in range(4)), ["neg", "pos"][i % 2]])
-    return path
+    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "sentiment.csv", 80)
 
 
 def _settings(tiny_dir, data_file, out, **extra) -> TrainSettings:

@@ -130,6 +130,42 @@ def _dense_delta(
     return delta.mul_(scale)
 
 
+def _masks(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, sign_grad: str
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """ReLU(B·A), Sign(D·C) and, for ``"hardtanh"`` only, the mask |D·C| <= 1; each (d_out, d_in)."""
+    relu_m = torch.relu_(B @ A)  # ReLU(M); 1[M > 0] == 1[ReLU(M) > 0]
+    pre = D @ C
+    inside = pre.abs() <= 1 if sign_grad == "hardtanh" else None
+    return relu_m, _hard_sign(pre), inside
+
+
+def _factor_grads(g: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  D: torch.Tensor, masks: tuple, scale: float | torch.Tensor, sign_grad: str,
+                  needs: tuple[bool, bool, bool, bool]) -> list[torch.Tensor | None]:
+    """Gradients w.r.t. A, B, C, D (None where not needed) from grad_out ``g`` (..., d_out) and ``x`` (..., d_in).
+
+    G = scale · Σ over leading dims of gᵀ x is ∂L/∂(ReLU(M) ⊙ Sign(S)), (d_out, d_in); the STE maps
+    G ⊙ ReLU(M) (the gradient w.r.t. Sign's output) to S's, and G ⊙ Sign(S) · 1[M > 0] is M's.
+    """
+    need_a, need_b, need_c, need_d = needs
+    grads: list[torch.Tensor | None] = [None] * 4
+    if not any(needs):
+        return grads
+    relu_m, sign_s, inside = masks
+    g_w = g.reshape(-1, g.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+    g_w.mul_(scale)
+    if need_c or need_d:
+        g_s = _sign_backward(g_w * relu_m, inside, sign_grad)
+        grads[2] = (D.t() @ g_s) if need_c else None
+        grads[3] = (g_s @ C.t()) if need_d else None
+        del g_s
+    if need_a or need_b:
+        g_m = g_w.mul_(sign_s).mul_(relu_m > 0)
+        grads[0] = (B.t() @ g_m) if need_a else None
+        grads[1] = (g_m @ A.t()) if need_b else None
+    return grads
+
+
 class _DualLoraFunction(torch.autograd.Function):
     """x @ ΔWᵀ that saves only x, A, B, C, D and recomputes ΔW's pieces in backward."""
 
@@ -170,36 +206,15 @@ class _DualLoraFunction(torch.autograd.Function):
         with _no_autocast(x):
             g = grad_out.to(dtype)
             xc, Ac, Bc, Cc, Dc = (t.to(dtype) for t in (x, A, B, C, D))
-            relu_m = torch.relu_(Bc @ Ac)  # ReLU(M); 1[M > 0] == 1[ReLU(M) > 0]
-            s = Dc @ Cc
-            sign_s = _hard_sign(s)  # Sign(S)
-            inside = s.abs() <= 1 if ctx.sign_grad == "hardtanh" else None  # |S| <= 1, for hardtanh's STE
-            del s
+            masks = _masks(Ac, Bc, Cc, Dc, ctx.sign_grad)
             if need_x:
-                delta = (relu_m * sign_s).mul_(scale)
+                delta = (masks[0] * masks[1]).mul_(scale)
                 grads[0] = (g @ delta).to(x.dtype)
                 del delta
-            if need_a or need_b or need_c or need_d:
-                # G = Σ over leading dims of grad_outᵀ x, scaled: ∂L/∂(ReLU(M) ⊙ Sign(S)), (d_out, d_in).
-                g_w = g.reshape(-1, g.shape[-1]).t() @ xc.reshape(-1, xc.shape[-1])
-                g_w.mul_(scale)
-                del g, xc
-                if need_c or need_d:
-                    # The STE maps the gradient w.r.t. Sign's output, scale · G ⊙ ReLU(M), to S's.
-                    g_s = _sign_backward(g_w * relu_m, inside, ctx.sign_grad)
-                    del inside
-                    if need_c:
-                        grads[3] = (Dc.t() @ g_s).to(C.dtype)
-                    if need_d:
-                        grads[4] = (g_s @ Cc.t()).to(D.dtype)
-                    del g_s
-                if need_a or need_b:
-                    g_m = g_w.mul_(sign_s).mul_(relu_m > 0)
-                    del relu_m, sign_s
-                    if need_a:
-                        grads[1] = (Bc.t() @ g_m).to(A.dtype)
-                    if need_b:
-                        grads[2] = (g_m @ Ac.t()).to(B.dtype)
+            factor_grads = _factor_grads(g, xc, Ac, Bc, Cc, Dc, masks, scale, ctx.sign_grad,
+                                         (need_a, need_b, need_c, need_d))
+        for i, (grad, t) in enumerate(zip(factor_grads, (A, B, C, D), strict=True), start=1):
+            grads[i] = None if grad is None else grad.to(t.dtype)
         return tuple(grads)
 
 
@@ -265,32 +280,15 @@ class _DualLinearFunction(torch.autograd.Function):
             s = _scale_tensor(factor, ctx.scale, dtype)
             g = grad_out.to(dtype)
             xc, Ac, Bc, Cc, Dc = (t.to(dtype) for t in (x, A, B, C, D))
-            relu_m = torch.relu_(Bc @ Ac)
-            s_pre = Dc @ Cc
-            sign_s = _hard_sign(s_pre)
-            inside = s_pre.abs() <= 1 if ctx.sign_grad == "hardtanh" else None
-            del s_pre
+            masks = _masks(Ac, Bc, Cc, Dc, ctx.sign_grad)
             if need_x:
-                merged = (relu_m * sign_s).mul_(s).add_(weight.to(dtype))
+                merged = (masks[0] * masks[1]).mul_(s).add_(weight.to(dtype))
                 grads[0] = (g @ merged).to(x.dtype)
                 del merged
-            if need_a or need_b or need_c or need_d:
-                g_w = g.reshape(-1, g.shape[-1]).t() @ xc.reshape(-1, xc.shape[-1])
-                g_w.mul_(s)
-                del g, xc
-                if need_c or need_d:
-                    g_s = _sign_backward(g_w * relu_m, inside, ctx.sign_grad)
-                    if need_c:
-                        grads[5] = (Dc.t() @ g_s).to(C.dtype)
-                    if need_d:
-                        grads[6] = (g_s @ Cc.t()).to(D.dtype)
-                    del g_s
-                if need_a or need_b:
-                    g_m = g_w.mul_(sign_s).mul_(relu_m > 0)
-                    if need_a:
-                        grads[3] = (Bc.t() @ g_m).to(A.dtype)
-                    if need_b:
-                        grads[4] = (g_m @ Ac.t()).to(B.dtype)
+            factor_grads = _factor_grads(g, xc, Ac, Bc, Cc, Dc, masks, s, ctx.sign_grad,
+                                         (need_a, need_b, need_c, need_d))
+        for i, (grad, t) in enumerate(zip(factor_grads, (A, B, C, D), strict=True), start=3):
+            grads[i] = None if grad is None else grad.to(t.dtype)
         return tuple(grads)
 
 
