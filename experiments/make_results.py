@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_data import Experiment, gather, groups, load_experiment, missing, paired, sort_key  # noqa: E402
 from results_sections import BY_NAME, CLAIMS, LOST, RUN_ALL, SECTIONS, SETUP, Section  # noqa: E402
+from results_sweep import sweep_block  # noqa: E402
 
 from balora.experiment.stats import describe  # noqa: E402
 
@@ -215,7 +216,9 @@ def load_all(results: Path) -> dict[str, Experiment | None]:
 
 def render(text: str, results: Path, figures: Path | None) -> str:
     experiments = load_all(results)
+    sweep = BY_NAME["weight-sweep"]
     makers = {"summary": lambda: summary_block(experiments), "machine": lambda: machine_block(experiments),
+              "weight-sweep-terms": lambda: sweep_block(gather(sweep.sources, experiments, sweep.keys), experiments),
               **{s.name: (lambda s=s: section_block(s, experiments, figures)) for s in SECTIONS}}
     unknown = sorted({m.group(2) for m in BLOCK.finditer(text)} - set(makers))
     if unknown:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from results_data import Source
+from results_sweep import sweep_pairs, sweep_sources
 
 METRICS = [("accuracy", "test acc"), ("f1_macro", "test macro-F1"), ("val_accuracy", "val acc")]
 TERMS = ("consistency", "diversity", "svd")
@@ -49,6 +50,8 @@ SECTIONS = [
             keys=["label_noise"]),
     Section("noise-epochs", [Source("noise-epochs-tweets")], BASIC_PAIRS, keys=["label_noise"],
             epochs=[("test_accuracy", "test acc"), ("noisy_fit", "noisy fit")], figure=True),
+    Section("weight-sweep", sweep_sources(), sweep_pairs(),
+            metrics=[("accuracy", "test acc"), ("f1_macro", "test macro-F1"), ("val_accuracy", "val acc")]),
     Section("imbalance", [Source("imbalance-tweets")], BASIC_PAIRS,
             metrics=[("accuracy", "test acc"), ("f1_macro", "macro-F1"), ("balanced_accuracy", "balanced acc")],
             metric="balanced_accuracy"),
@@ -78,7 +81,8 @@ RUN_ALL = {"main-tweets": "main", "main-tweets-paper": "paper", "sign-grad-tweet
            "noise-tweets": "noise", "noise-epochs-tweets": "noise-epochs", "imbalance-tweets": "imbalance",
            "ablation-consistency-only": "ablation", "ablation-diversity-only": "ablation",
            "ablation-svd-only": "ablation", "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
-           "boolq": "boolq", "nlg-gsm": "nlg"}
+           "boolq": "boolq", "nlg-gsm": "nlg",
+           **{f"weight-sweep-{part}": "weight-sweep" for part in (*TERMS, "all-x10", "all-x100")}}
 # experiments whose raw runs of earlier sessions were never committed and are lost (the rest: not run yet)
 LOST = {"main-tweets", "main-tweets-paper", "noise-tweets", "imbalance-tweets", "ablation-consistency-only",
         "ablation-diversity-only", "ablation-svd-only", "rank-tweets", "lr-tweets", "ood-tweets", "boolq", "nlg-gsm"}

@@ -3,7 +3,7 @@
 # committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
 #   experiments/run_all.sh main noise      # only these (names: main sign-grad noise noise-epochs imbalance ablation
-#                                          # paper rank lr ood boolq nlg)
+#                                          # weight-sweep paper rank lr ood boolq nlg)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main sign-grad imbalance noise noise-epochs ablation paper rank lr ood boolq nlg"
+ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg"
 WANT="${*:-$ALL}"
 
 output() {  # output CONFIG: the config's output folder
@@ -40,6 +40,8 @@ plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets
     runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
 run noise experiments/noise-tweets.yaml
 run noise-epochs experiments/noise-epochs-tweets.yaml
+# where the regularizers act: each term alone, and all three, at 1, 10 and 100 times the official weights
+for sweep in consistency diversity svd all-x10 all-x100; do run weight-sweep "experiments/weight-sweep-$sweep.yaml"; done
 run ablation experiments/ablation-consistency-only.yaml
 run ablation experiments/ablation-diversity-only.yaml
 run ablation experiments/ablation-svd-only.yaml
