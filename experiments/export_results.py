@@ -2,6 +2,7 @@
 
     python experiments/export_results.py runs/main-tweets                  # -> experiments/results/main-tweets*
     python experiments/export_results.py runs/a runs/b --name NAME         # several folders, one experiment
+    python experiments/export_results.py runs/main-tweets --merge          # add cells to the committed tables
 
 For experiment NAME (default: the folder's name) it writes, under experiments/results/ (``--out``):
 
@@ -156,26 +157,71 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows({k: _value(v) for k, v in row.items()} for row in rows)
 
 
-def export(runs: list[Path], name: str, out: Path = RESULTS) -> list[Path]:
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _merged(committed: list[dict[str, Any]], new: list[dict[str, Any]], replaced: set[str]) -> list[dict[str, Any]]:
+    """The committed rows of cells not in ``replaced``, then the new rows; ordered by cell (stable)."""
+    rows = [r for r in committed if r["cell"] not in replaced] + new
+    return sorted(rows, key=lambda r: r["cell"])
+
+
+def _merged_predictions(path: Path, header: list[str], rows: list[list[str]],
+                        replaced: set[str]) -> tuple[list[str], list[list[str]]]:
+    """The committed wide predictions table with the new cells' columns added (or replaced).
+
+    Both must cover the same (split, id, label) rows: cells scored on other examples cannot be paired.
+    """
+    if not path.is_file():
+        return header, rows
+    with path.open(newline="") as handle:
+        committed = list(csv.reader(handle))
+    old_header, old_rows = committed[0], committed[1:]
+    if rows and [r[:3] for r in old_rows] != [r[:3] for r in rows]:
+        raise ExportError(f"the new cells were scored on other examples than the committed ones in {path}: they "
+                          "do not share a data split, so they cannot be merged into one experiment.")
+    kept = [i for i, c in enumerate(old_header) if i >= 3 and c not in replaced]
+    columns = {old_header[i]: [r[i] for r in old_rows] for i in kept}
+    columns.update({c: [r[i] for r in rows] for i, c in enumerate(header) if i >= 3})
+    cells = sorted(columns)
+    base = [r[:3] for r in old_rows] if old_rows else [r[:3] for r in rows]
+    return [*old_header[:3], *cells], [[*b, *(columns[c][n] for c in cells)] for n, b in enumerate(base)]
+
+
+def export(runs: list[Path], name: str, out: Path = RESULTS, merge: bool = False) -> list[Path]:
     """Write ``out/NAME.csv``, ``out/curves/NAME.csv``, ``out/predictions/NAME.csv`` and, where there are
-    per-epoch evaluations, ``out/epochs/NAME.csv``; returns the paths."""
+    per-epoch evaluations, ``out/epochs/NAME.csv``; returns the paths.
+
+    ``merge``: keep the committed rows of cells that ``runs`` does not hold (e.g. new seeds added to an
+    experiment whose earlier run folders are gone); a cell in both is taken from ``runs``.
+    """
     cells = finished_cells(runs)
-    written = [out / f"{name}.csv", out / "curves" / f"{name}.csv"]
-    write_csv(written[0], [run_row(c) for c in cells])
-    write_csv(written[1], [r for c in cells for r in curve_rows(c)])
+    replaced = {c.name for c in cells} if merge else None
+    paths = {"runs": out / f"{name}.csv", "curves": out / "curves" / f"{name}.csv",
+             "predictions": out / "predictions" / f"{name}.csv", "epochs": out / "epochs" / f"{name}.csv"}
+    tables = {"runs": [run_row(c) for c in cells], "curves": [r for c in cells for r in curve_rows(c)],
+              "epochs": [r for c in cells for r in epoch_rows(c)]}
     header, rows = prediction_table(cells)
+    if replaced is not None:
+        tables = {k: _merged(_read_rows(paths[k]), v, replaced) for k, v in tables.items()}
+        header, rows = _merged_predictions(paths["predictions"], header, rows, replaced)
+    written = [paths["runs"], paths["curves"]]
+    write_csv(paths["runs"], tables["runs"])
+    write_csv(paths["curves"], tables["curves"])
     if rows:
-        path = out / "predictions" / f"{name}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
+        paths["predictions"].parent.mkdir(parents=True, exist_ok=True)
+        with paths["predictions"].open("w", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
-        written.append(path)
-    epochs = [r for c in cells for r in epoch_rows(c)]
-    if epochs:
-        written.append(out / "epochs" / f"{name}.csv")
-        write_csv(written[-1], epochs)
+        written.append(paths["predictions"])
+    if tables["epochs"]:
+        write_csv(paths["epochs"], tables["epochs"])
+        written.append(paths["epochs"])
     return written
 
 
@@ -184,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="`balora compare` output folders (RUN/cells/*)")
     parser.add_argument("--name", help="experiment name (default: the first folder's name)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default experiments/results)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the committed rows of cells the folders do not hold (new seeds of an experiment)")
     args = parser.parse_args(argv)
     try:
-        written = export(args.runs, args.name or args.runs[0].resolve().name, args.out)
+        written = export(args.runs, args.name or args.runs[0].resolve().name, args.out, args.merge)
     except (ExportError, OSError, ValueError, KeyError) as exc:
         print(f"export_results: {exc}", file=sys.stderr)
         return 2

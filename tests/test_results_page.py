@@ -206,3 +206,25 @@ def test_noise_epochs_section_means_and_stds(tmp_path):
     doc.write_text(EPOCH_PAGE)
     assert make_results.main(["--results", str(tmp_path / "none"), "--doc", str(doc), "--no-figures"]) == 0
     assert "_Results not run yet (run with `experiments/run_all.sh noise-epochs`)._" in doc.read_text()
+
+
+def test_export_merge_adds_cells_to_the_committed_tables(tmp_path, results, capsys):
+    """Seed 1 exported alone with --merge onto the seed-0 tables gives the files of one export of both."""
+    runs = tmp_path / "runs" / "main-tweets"
+    split = {seed: tmp_path / f"seed{seed}" / "main-tweets" for seed in (0, 1)}
+    for seed, folder in split.items():
+        (folder / "cells").mkdir(parents=True)
+        for method in ("lora", "pissa", "ba-lora"):
+            (runs / "cells" / f"{method}-seed{seed}").rename(folder / "cells" / f"{method}-seed{seed}")
+    merged = tmp_path / "merged"
+    assert export_results.main([str(split[0]), "--out", str(merged)]) == 0
+    assert export_results.main([str(split[1]), "--out", str(merged), "--merge"]) == 0
+    for relative in ("main-tweets.csv", "curves/main-tweets.csv", "predictions/main-tweets.csv"):
+        assert (merged / relative).read_text() == (results / relative).read_text(), relative
+    # a cell in both is taken from the folder (not duplicated); cells scored on other examples are refused
+    assert export_results.main([str(split[1]), "--out", str(merged), "--merge"]) == 0
+    assert (merged / "main-tweets.csv").read_text() == (results / "main-tweets.csv").read_text()
+    for file in (split[1] / "cells").glob("*/predictions_test.jsonl"):  # consistent among themselves only
+        file.write_text(file.read_text().replace('"id": 19', '"id": 20'))
+    assert export_results.main([str(split[1]), "--out", str(merged), "--merge"]) == 2
+    assert "cannot be merged" in capsys.readouterr().err
