@@ -167,3 +167,19 @@ def test_add_to_weight_shifts_a_quantized_layer_within_its_rounding(kind):
     assert (after - before).mean().item() == pytest.approx(0.01, abs=1e-3)
     x = torch.randn(3, 64)
     torch.testing.assert_close(q(x), x @ after.t() + q.bias, atol=2e-2, rtol=0)
+
+
+def test_nf4_eval_forward_works_where_bitsandbytes_would_repack_for_avx512_bf16(monkeypatch):
+    """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel at the first no-grad eval forward and
+    fails when d_in is not a multiple of the blocksize: such layers must keep the plain path (any CPU)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # as on such a CPU
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))  # d_in 16 and 8 < the blocksize 64
+    quantize_linears(model, "nf4")
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        out = model.eval()(x)
+        first = x @ dequantized_weight(model[0]).T + model[0].bias
+        expected = first @ dequantized_weight(model[1]).T + model[1].bias
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

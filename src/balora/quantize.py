@@ -75,6 +75,7 @@ def _quantized(layer: nn.Linear, kind: str) -> nn.Module:
                                 compress_statistics=True, quant_type="nf4", device="meta")
         new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True, quant_type="nf4",
                                        module=new).to(weight.device)
+        _keep_cpu_packing_safe(new)
     else:
         new = bnb.nn.Linear8bitLt(layer.in_features, layer.out_features, bias=bias, has_fp16_weights=False,
                                   threshold=INT8_THRESHOLD, device="meta")
@@ -84,6 +85,15 @@ def _quantized(layer: nn.Linear, kind: str) -> nn.Module:
     if bias:
         new.bias = nn.Parameter(layer.bias.detach(), requires_grad=False)
     return new
+
+
+def _keep_cpu_packing_safe(layer: nn.Module) -> None:
+    """bitsandbytes 0.50 repacks a 4-bit weight for its AVX512-BF16 CPU kernel at the first no-grad eval
+    forward, reshaping the absmax to (d_out, d_in // blocksize): for d_in not a multiple of the blocksize
+    (small test models) that raises. Such a layer keeps the plain 4-bit path, which handles any shape."""
+    blocksize = getattr(layer.weight, "blocksize", None)
+    if blocksize and layer.in_features % blocksize and hasattr(layer, "support_avx512bf16_for_cpu"):
+        layer.support_avx512bf16_for_cpu = False
 
 
 def _keep_int8_scales(layer: nn.Module, args: Any) -> None:
