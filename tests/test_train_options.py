@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import pytest
 
@@ -96,3 +98,25 @@ def test_a_missing_logging_package_is_one_line_before_anything_loads(tiny_causal
     assert lines == [f"balora: error: --report-to {backend} needs {backend}: "
                      f"{reporting.BACKENDS[backend][1]}."]  # nothing loaded, logged or written first
     assert not out.exists()
+
+
+def test_each_wandb_run_gets_its_own_folder_and_is_finished(tmp_path, monkeypatch):
+    """A compare grid trains its cells in one process: each cell must be its own wandb run, in its own folder."""
+    import types
+
+    from balora.experiment.reporting import reporting_session
+
+    finished = []
+    fake = types.SimpleNamespace(run=None)
+    fake.finish = lambda: (finished.append(os.environ["WANDB_DIR"]), setattr(fake, "run", None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "online")  # the user's choice is kept
+    for cell in ("a", "b"):
+        with reporting_session("wandb", tmp_path / cell):
+            assert os.environ["WANDB_DIR"] == str(tmp_path / cell) and os.environ["WANDB_MODE"] == "online"
+            fake.run = object()  # what WandbCallback's wandb.init leaves behind
+        assert "WANDB_DIR" not in os.environ and os.environ["WANDB_MODE"] == "online"
+    assert finished == [str(tmp_path / "a"), str(tmp_path / "b")]
+    with reporting_session("none", tmp_path / "c"):
+        assert "WANDB_DIR" not in os.environ

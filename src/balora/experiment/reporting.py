@@ -3,14 +3,18 @@
 ``--report-to tensorboard`` writes event files to ``OUTPUT/tensorboard`` (every logged value, the
 ``reg/*`` terms included); ``--report-to wandb`` runs offline (files under ``OUTPUT/wandb``) unless
 ``WANDB_MODE`` is set, so a machine without network never blocks on it. Both are optional packages,
-imported here only when asked for.
+imported here only when asked for. Each run is one wandb run (:func:`reporting_session`): a
+``balora compare`` grid, whose cells train in one process, gets one wandb run and folder per cell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +54,35 @@ def report_callbacks(report_to: str, out: Path) -> list[Any]:
     if report_to == "wandb":
         from transformers.integrations import WandbCallback
 
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(out))
         return [WandbCallback()]
     return []
+
+
+WANDB_DEFAULTS = ("WANDB_MODE", "WANDB_DIR")
+
+
+@contextlib.contextmanager
+def reporting_session(report_to: str, out: Path) -> Iterator[None]:
+    """One run's logging backend: for wandb, offline mode and ``OUT/wandb`` unless the user set
+    ``WANDB_MODE`` / ``WANDB_DIR``, restored afterwards, and the wandb run finished at the end, so that the
+    next run in the same process (a compare grid's next cell) starts its own run in its own folder."""
+    if report_to != "wandb":
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in WANDB_DEFAULTS}
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", str(out))
+    try:
+        yield
+    finally:
+        wandb = sys.modules.get("wandb")  # imported by the callback; never imported here
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def precision_arguments(bf16: bool, dtype: str) -> dict[str, Any]:

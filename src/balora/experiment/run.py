@@ -39,7 +39,13 @@ from ..training.checkpoints import last_complete_checkpoint, reporting_disk_full
 from .callbacks import EpochEvalCallback, GracefulStop, RepresentationCallback
 from .data import NLU_TASKS, ExperimentData, load_experiment_data
 from .evaluate import collator, evaluate_split, prefixed, tokenize
-from .reporting import check_report_to, checkpointing_arguments, precision_arguments, report_callbacks
+from .reporting import (
+    check_report_to,
+    checkpointing_arguments,
+    precision_arguments,
+    report_callbacks,
+    reporting_session,
+)
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -172,7 +178,7 @@ def run_training(settings: TrainSettings) -> dict[str, float]:
     resolve_model_dir(settings.model)  # fail fast on a missing or partial model, before any data work
     check_report_to(settings.report_to)  # and on a missing logging package, before the output folder exists
     Path(settings.output).mkdir(parents=True, exist_ok=True)
-    with FolderLock(settings.output, "balora train"):
+    with FolderLock(settings.output, "balora train"), reporting_session(settings.report_to, Path(settings.output)):
         return _run_training(settings)
 
 
