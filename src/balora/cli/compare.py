@@ -31,17 +31,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--grid", nargs="*", default=[], metavar="KEY=V1,V2",
                         help="settings to vary, e.g. label_noise=0,0.2 rank=4,16 (YAML: a mapping)")
     parser.add_argument("--metric", default=None,
-                        help="metric of the summary table (default: accuracy for NLU, exact_match for math)")
+                        help="metric of the summary table (default: the packaged data set's, e.g. exact_match for "
+                             "generated tasks, pass@1 for humaneval; else accuracy)")
     add_settings_arguments(parser, skip=("method", "seed", "resume", "overwrite"))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment.compare import format_table, parse_grid, run_grid
+    from ..experiment.data import default_metric
 
     base = settings_from_args(args)
     grid = parse_grid(args.grid)
-    metric = args.metric or ("exact_match" if base.dataset == "gsm-symbolic" else
-                             "pass@1" if base.dataset == "humaneval" else "accuracy")
+    metric = args.metric or default_metric(base.dataset)
     rows, failed = run_grid(base, args.methods, args.seeds, grid, Path(base.output), metric)
     print(format_table(rows, metric, list(grid)))
     print(f"balora compare: {len(rows)} finished cells -> {base.output}/results.csv, summary.csv")

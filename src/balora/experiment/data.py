@@ -74,6 +74,20 @@ def infer_task(settings: TrainSettings, columns: list[str]) -> str:
     )
 
 
+def answer_type(settings: TrainSettings) -> str:
+    """How generated answers are scored: ``--answer-type``, else the packaged data set's, else "number"."""
+    if settings.answer_type != "auto":
+        return settings.answer_type
+    entry = PACKAGED_DATASETS.get(settings.dataset)
+    return (entry.answer if entry is not None else None) or "number"
+
+
+def default_metric(dataset: str) -> str:
+    """The summary metric of ``balora compare`` for ``dataset``: the packaged entry's, else accuracy."""
+    entry = PACKAGED_DATASETS.get(dataset)
+    return entry.metric if entry is not None else "accuracy"
+
+
 def fixed_labels(settings: TrainSettings, task: str) -> list[str] | None:
     """The classes ``--labels`` fixes (None: the values found in the data)."""
     if not settings.labels:
@@ -107,8 +121,9 @@ def trl_columns(dataset: Any, settings: TrainSettings) -> Any:
 
 
 def _generated_size(settings: TrainSettings) -> int | None:
-    """Packaged generators (gsm-symbolic) make as many rows as the splits need."""
-    if settings.dataset != "gsm-symbolic" or settings.train_size is None:
+    """Packaged generators (``PackagedDataset.generated``) make as many rows as the splits need."""
+    entry = PACKAGED_DATASETS.get(settings.dataset)
+    if entry is None or not entry.generated or settings.train_size is None:
         return None
     held_out = settings.validation_fraction + (0 if settings.eval_dataset else settings.test_fraction)
     return math.ceil(settings.train_size / (1 - held_out))

@@ -17,15 +17,15 @@ import torch
 from ..atomic import write_text_atomic
 from ..data import sft_collator, tokenize_chat, tokenize_nlu, tokenize_sft
 from ..evaluation import (
+    answer_accuracy,
     classification_metrics,
     evaluate_humaneval,
-    extract_final_number,
+    extract_answer,
     generate_greedy,
-    math_accuracy,
-    normalize_number,
     regression_metrics,
+    scored_answer,
 )
-from .data import MESSAGES_COLUMN, nlu_columns
+from .data import MESSAGES_COLUMN, answer_type, nlu_columns
 from .settings import TrainSettings
 
 logger = logging.getLogger("balora")
@@ -117,30 +117,32 @@ def _generation_metrics(model: Any, tokenizer: Any, dataset: Any, task: str, set
     if task == "code":
         result = evaluate_humaneval([dict(r) for r in rows], completions,
                                     allow_unsafe_sandbox=settings.allow_unsafe_sandbox)
-        _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions, extract=False)
+        _write_generations(generations_file, prompts, [r.get("task_id") for r in rows], completions, extract=None)
         return {"pass@1": float(result["pass@1"]), "code_n": float(result["n"])}
     references = rows["answer"] if "answer" in rows.column_names else rows[settings.response_column]
-    result = math_accuracy(completions, list(references))
-    _write_generations(generations_file, prompts, list(references), completions, extract=True)
+    kind = answer_type(settings)
+    result = answer_accuracy(completions, list(references), kind)
+    _write_generations(generations_file, prompts, list(references), completions, extract=kind)
     pairs = list(zip(completions, references, strict=True))
     # numbers as floats, so that prediction == label is the scorer's verdict (up to its 1e-6 tolerance)
-    write_predictions(predictions_file, [normalize_number(extract_final_number(str(r))) for _, r in pairs],
-                      [normalize_number(extract_final_number(c)) for c, _ in pairs],
-                      [math_accuracy([c], [r])["accuracy"] == 1.0 for c, r in pairs])
+    write_predictions(predictions_file, [scored_answer(str(r), kind) for _, r in pairs],
+                      [scored_answer(c, kind) for c, _ in pairs],
+                      [answer_accuracy([c], [r], kind)["accuracy"] == 1.0 for c, r in pairs])
     return {"exact_match": float(result["accuracy"]), "answered": float(result["answered"]),
             "generated_n": float(result["n"])}
 
 
 def _write_generations(path: Path | None, prompts: list[str], references: list[Any], completions: list[str],
-                       extract: bool) -> None:
-    """One JSON line per prompt; math rows also carry the number the scorer extracted from the completion."""
+                       extract: str | None) -> None:
+    """One JSON line per prompt; answer rows also carry what the scorer extracted from the completion
+    (``extract``: the answer type; None for code)."""
     if path is None:
         return
     rows = [{"prompt": p, "reference": r, "completion": c} for p, r, c in zip(prompts, references, completions,
                                                                                 strict=True)]
     if extract:
         for row in rows:
-            row["extracted"] = extract_final_number(row["completion"])
+            row["extracted"] = extract_answer(row["completion"], extract)
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 

@@ -15,6 +15,7 @@ from ..training import BALoRAConfig
 from .schema import flatten, unflatten
 
 TASKS = ("auto", "classification", "regression", "sft", "chat", "code")
+ANSWER_TYPES = ("auto", "number", "text")  # balora.evaluation.answers.ANSWER_TYPES, plus auto
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt")
 REPORT_TO = ("none", "tensorboard", "wandb")
@@ -29,8 +30,9 @@ class TrainSettings:
     """Everything ``balora train`` needs; see each field's help."""
 
     model: str = _opt(None, "packaged model (minilm, smollm2-135m) or a local model directory", required=True)
-    dataset: str = _opt(None, "packaged data set (boolq, tweets, gsm-symbolic, humaneval) or a local "
-                              "csv/json/jsonl/parquet file or saved datasets folder", required=True)
+    dataset: str = _opt(None, "packaged data set (boolq, tweets, gsm-symbolic, chain-sum, word-sorting, "
+                              "humaneval) or a local csv/json/jsonl/parquet file or saved datasets folder",
+                        required=True)
     output: str = _opt(None, "run directory (adapter, config.yaml, logs, metrics.json)", required=True)
     method: str = _opt("ba-lora", "adaptation method", choices=method_names())
     eval_dataset: str | None = _opt(None, "evaluate on this data set instead of the held-out test split")
@@ -69,6 +71,9 @@ class TrainSettings:
                                   "is set)", choices=REPORT_TO)
     max_new_tokens: int = _opt(256, "generation length for math and code evaluation")
     generate_size: int | None = _opt(100, "evaluate generation on at most this many prompts")
+    answer_type: str = _opt("auto", "exact match of generated answers: number (the final number, numerically), "
+                                    "text (the final answer text, whitespace and quotes normalised) or auto "
+                                    "(the packaged data set's, else number)", choices=ANSWER_TYPES)
     dtype: str = _opt("float32", "model weights dtype", choices=("float32", "bfloat16"))
     seed: int = _opt(0, "seed of the model init, adapter init and training order")
     data_seed: int = _opt(0, "seed of the data subsample, splits, noise and imbalance")
