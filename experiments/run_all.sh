@@ -3,7 +3,7 @@
 # committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
 #   experiments/run_all.sh main noise      # only these (names: main sign-grad noise noise-epochs imbalance ablation
-#                                          # weight-sweep paper rank lr ood boolq nlg)
+#                                          # weight-sweep paper rank lr ood boolq nlg nlg-chain-sum)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg"
+ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg nlg-chain-sum"
 WANT="${*:-$ALL}"
 
 output() {  # output CONFIG: the config's output folder
