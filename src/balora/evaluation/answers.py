@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from balora.errors import DataError
 
@@ -138,6 +139,13 @@ def _reference_value(ref: str | float | int) -> float:
     return value
 
 
+def _check_lengths(completions: Sequence[str], references: Sequence[Any]) -> None:
+    if len(completions) == 0:
+        raise DataError("cannot score an empty list of completions")
+    if len(completions) != len(references):
+        raise DataError(f"{len(completions)} completions but {len(references)} references")
+
+
 def math_accuracy(
     completions: Sequence[str], references: Sequence[str | float | int], rel_tol: float = 1e-6
 ) -> dict[str, float]:
@@ -147,10 +155,7 @@ def math_accuracy(
     Returns ``accuracy``, ``correct`` (count), ``answered`` (fraction of completions in which a
     number was found at all) and ``n``; all plain floats/ints for ``metrics.json``.
     """
-    if len(completions) == 0:
-        raise DataError("cannot score an empty list of completions")
-    if len(completions) != len(references):
-        raise DataError(f"{len(completions)} completions but {len(references)} references")
+    _check_lengths(completions, references)
     correct = answered = 0
     for completion, ref in zip(completions, references, strict=True):
         target = _reference_value(ref)
@@ -230,10 +235,7 @@ def answer_accuracy(completions: Sequence[str], references: Sequence[str | float
     _check_type(answer_type)
     if answer_type == "number":
         return math_accuracy(completions, references)
-    if len(completions) == 0:
-        raise DataError("cannot score an empty list of completions")
-    if len(completions) != len(references):
-        raise DataError(f"{len(completions)} completions but {len(references)} references")
+    _check_lengths(completions, references)
     correct = answered = 0
     for completion, ref in zip(completions, references, strict=True):
         target = extract_final_text(str(ref))
