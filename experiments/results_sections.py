@@ -75,6 +75,10 @@ SECTIONS = [
                               Source("nlg-chain-sum-base", label="base model (no adapter)", borrowed=True)],
             FIVE_PAIRS, metrics=[("exact_match", "test exact match"), ("eval_loss", "test held-out loss"),
                                  ("val_exact_match", "val exact match")], metric="exact_match"),
+    Section("nlg-chain-sum-lr", [Source("nlg-chain-sum", where={**THREE, "seed": (0,)}, borrowed=True),
+                                 Source("nlg-chain-sum-lr")], [("ba-lora", "pissa")], keys=["learning_rate_used"],
+            metrics=[("val_exact_match", "val exact match"), ("exact_match", "test exact match"),
+                     ("eval_loss", "test held-out loss")], metric="exact_match"),
     Section("nlg", [Source("nlg-gsm")], FIVE_PAIRS,
             metrics=[("exact_match", "test exact match"), ("eval_loss", "test held-out loss"),
                      ("val_exact_match", "val exact match")], metric="exact_match"),
@@ -87,6 +91,7 @@ RUN_ALL = {"main-tweets": "main", "main-tweets-paper": "paper", "sign-grad-tweet
            "ablation-svd-only": "ablation", "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
            "boolq": "boolq", "nlg-gsm": "nlg",
            "nlg-chain-sum": "nlg-chain-sum", "nlg-chain-sum-base": "nlg-chain-sum",
+           "nlg-chain-sum-lr": "nlg-chain-sum-lr",
            **{f"weight-sweep-{part}": "weight-sweep" for part in (*TERMS, "all-x10", "all-x100")}}
 # experiments whose raw runs of earlier sessions were never committed and are lost (the rest: not run yet)
 LOST = {"main-tweets", "main-tweets-paper", "noise-tweets", "imbalance-tweets", "ablation-consistency-only",

@@ -3,7 +3,7 @@
 # committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
 #   experiments/run_all.sh main noise      # only these (names: main sign-grad noise noise-epochs imbalance ablation
-#                                          # weight-sweep paper rank lr ood boolq nlg nlg-chain-sum)
+#                                          # weight-sweep paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg nlg-chain-sum"
+ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr"
 WANT="${*:-$ALL}"
 
 output() {  # output CONFIG: the config's output folder
@@ -83,6 +83,7 @@ case " $WANT " in *" nlg-chain-sum "*)
     export_runs experiments/nlg-chain-sum.yaml
     [ -f runs/nlg-chain-sum/base.json ] || $NICE python experiments/nlg_base.py experiments/nlg-chain-sum.yaml ;;
 esac
+run nlg-chain-sum-lr experiments/nlg-chain-sum-lr.yaml
 
 # every table, number and figure of docs/results.md, from experiments/results/ only; commit those files
 python experiments/make_results.py
