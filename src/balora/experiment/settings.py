@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..evaluation.answers import ANSWER_TYPES as SCORED_ANSWER_TYPES
 from ..methods import AdapterOptions, get_method, method_names
 from ..training import BALoRAConfig
 from .schema import flatten, unflatten
 
 TASKS = ("auto", "classification", "regression", "sft", "chat", "code")
-ANSWER_TYPES = ("auto", "number", "text")  # balora.evaluation.answers.ANSWER_TYPES, plus auto
+ANSWER_TYPES = ("auto", *SCORED_ANSWER_TYPES)  # auto: the packaged data set's
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt")
 REPORT_TO = ("none", "tensorboard", "wandb")
