@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_data import Experiment, gather, groups, load_experiment, missing, paired, sort_key  # noqa: E402
+from results_data import Experiment, at_best, best_settings, gather, groups, load_experiment, missing, paired, sort_key  # noqa: E402
 from results_sections import BY_NAME, CLAIMS, LOST, RUN_ALL, SECTIONS, SETUP, Section  # noqa: E402
 from results_sweep import sweep_block  # noqa: E402
 
@@ -67,15 +67,27 @@ def _numbers(rows: list[dict], column: str) -> list[float]:
     return [float(r[column]) for r in rows if isinstance(r.get(column), (int, float))]
 
 
+def section_rows(section: Section, experiments: dict[str, Experiment | None]) -> list[dict]:
+    """The section's rows (:func:`results_data.gather`); with ``section.tuned``, each method's at its chosen value."""
+    if section.tuned is None:
+        return gather(section.sources, experiments, section.keys)
+    rows = gather(section.sources, experiments, [*section.keys, section.tuned])
+    return at_best(rows, section.tuned, section.tuned_on)
+
+
 def method_table(rows: list[dict], section: Section) -> str:
-    header = ["method", *section.keys, "seeds", *(label for _, label in section.metrics), "wall time (s/run)"]
+    chosen = [f"{section.tuned} (best seed-0 {section.tuned_on})"] if section.tuned else []
+    header = ["method", *section.keys, *chosen, "seeds", *(label for _, label in section.metrics),
+              "wall time (s/run)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, members in groups(rows, section.keys).items():
         seeds = ",".join(str(r["seed"]) for r in members)
         cells = [fmt(_numbers(members, m)) for m, _ in section.metrics]
         runtime = _numbers(members, "runtime_s")
         wall = f"{sum(runtime) / len(runtime):.0f}" if runtime else "–"
-        lines.append("| " + " | ".join([key[0], *map(_key_text, key[1:]), seeds, *cells, wall]) + " |")
+        value = [_key_text(members[0].get(section.tuned)) if members[0].get(section.tuned) is not None else "–"
+                 for _ in chosen]
+        lines.append("| " + " | ".join([key[0], *map(_key_text, key[1:]), *value, seeds, *cells, wall]) + " |")
     return "\n".join(lines)
 
 
@@ -153,7 +165,7 @@ def setup_line(rows: list[dict]) -> str:
 
 
 def section_block(section: Section, experiments: dict[str, Experiment | None], figures: Path | None) -> str:
-    rows = gather(section.sources, experiments, section.keys)
+    rows = section_rows(section, experiments)
     if not rows:
         return f"_Results {absent(section, missing(section.sources, experiments))}._"
     higher = "" if section.higher_is_better else ", sign flipped: > 0 means a is better"
@@ -181,7 +193,7 @@ def summary_block(experiments: dict[str, Experiment | None]) -> str:
     lines = ["| claim | the paper | at this scale | a − b [95 % interval] | where |", "|---|---|---|---|---|"]
     for claim in CLAIMS:
         section = BY_NAME[claim.section]
-        rows = gather(section.sources, experiments, section.keys)
+        rows = section_rows(section, experiments)
         d = difference(rows, section, claim.a, claim.b, claim.where, experiments) if rows else None
         if not rows:
             verdict, interval = absent(section, missing(section.sources, experiments)), "–"
@@ -250,7 +262,7 @@ def draw_figures(results: Path, figures: Path) -> list[Path]:
     experiments = load_all(results)
     drawn = []
     for section in SECTIONS:
-        rows = gather(section.sources, experiments, section.keys)
+        rows = section_rows(section, experiments)
         if section.figure and rows:
             used = [experiments[name] for name in dict.fromkeys(r["experiment"] for r in rows) if experiments[name]]
             if section.epochs:
@@ -269,11 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the committed result tables")
     parser.add_argument("--doc", type=Path, default=DOC, help="the page")
     parser.add_argument("--no-figures", action="store_true", help="do not redraw docs/figures/<section>.png")
-    parser.add_argument("--best-lr", action="store_true",
-                        help="only print 'METHOD LR' for each method whose best validation rate (seed 0) is not 5e-4")
+    parser.add_argument("--best-lr", nargs="?", const="lr", metavar="SECTION",
+                        help="only print 'METHOD LR' for each method of SECTION (default: lr) whose best seed-0 "
+                        "validation learning rate has fewer than 3 seeds (for experiments/run_all.sh)")
     args = parser.parse_args(argv)
     if args.best_lr:
-        return print_best_lr(args.results)
+        return print_best_lr(args.results, args.best_lr)
     if not args.doc.is_file():
         print(f"{args.doc} not found", file=sys.stderr)
         return 1
@@ -306,17 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_best_lr(results: Path) -> int:
-    """For experiments/run_all.sh: each method's best seed-0 validation learning rate when it is not 5e-4."""
-    experiments = load_all(results)
-    rate = "learning_rate_used"
-    rows = [r for r in gather(BY_NAME["lr"].sources, experiments, [rate]) if r["seed"] == 0]
-    for (method,), members in groups(rows, []).items():
-        best = max(sorted(members, key=lambda r: r[rate]), key=lambda r: r["val_accuracy"])
-        if best[rate] != 5e-4:
-            print(method, f"{best[rate]:g}")
+def print_best_lr(results: Path, name: str, seeds: int = 3) -> int:
+    """For experiments/run_all.sh: each method of section ``name`` whose best seed-0 validation learning rate
+    has fewer than ``seeds`` runs, with that rate (so that it is run at it with more seeds)."""
+    if name not in BY_NAME:
+        print(f"make_results --best-lr: no section {name!r} (one of: {', '.join(BY_NAME)})", file=sys.stderr)
+        return 2
+    section, rate = BY_NAME[name], "learning_rate_used"
+    validation = section.tuned_on if section.tuned else "val_accuracy"
+    rows = gather(section.sources, load_all(results), [*section.keys, rate])
+    for method, best in best_settings(rows, rate, validation).items():
+        if len({r["seed"] for r in rows if r["label"] == method and r.get(rate) == best}) < seeds:
+            print(method, f"{best:g}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -140,6 +140,25 @@ def groups(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict
     return out
 
 
+def best_settings(rows: list[dict[str, Any]], setting: str, validation: str) -> dict[str, Any]:
+    """Per label, the value of ``setting`` whose seed-0 row scores highest on ``validation`` (ties: the smaller
+    value). Selection on seed 0 only: the grids run seed 0, more seeds run at the chosen value afterwards.
+    Labels without a scored seed-0 row (e.g. the base model) are absent."""
+    scored: dict[str, dict[Any, float]] = {}
+    for row in rows:
+        value, score = row.get(setting), row.get(validation)
+        if row["seed"] == 0 and value is not None and isinstance(score, (int, float)):
+            scored.setdefault(row["label"], {})[value] = float(score)
+    return {label: max(sorted(by_value, key=sort_key), key=by_value.__getitem__)
+            for label, by_value in scored.items()}
+
+
+def at_best(rows: list[dict[str, Any]], setting: str, validation: str) -> list[dict[str, Any]]:
+    """The rows of each label at its :func:`best_settings` value; labels with no choice keep all their rows."""
+    best = best_settings(rows, setting, validation)
+    return [r for r in rows if r["label"] not in best or r.get(setting) == best[r["label"]]]
+
+
 def missing(sources: list[Source], experiments: dict[str, Experiment | None]) -> list[str]:
     """The experiments of ``sources`` that have no committed table."""
     return list(dict.fromkeys(s.experiment for s in sources if experiments.get(s.experiment) is None))

@@ -83,7 +83,17 @@ case " $WANT " in *" nlg-chain-sum "*)
     export_runs experiments/nlg-chain-sum.yaml
     [ -f runs/nlg-chain-sum/base.json ] || $NICE python experiments/nlg_base.py experiments/nlg-chain-sum.yaml ;;
 esac
-run nlg-chain-sum-lr experiments/nlg-chain-sum-lr.yaml
+# its learning-rate grid on validation (seed 0), then each method at its chosen rate with 3 seeds
+case " $WANT " in *" nlg-chain-sum-lr "*)
+    grid=experiments/nlg-chain-sum-lr.yaml
+    $NICE balora compare --config "$grid"  # pissa, ba-lora below LoRA's rate
+    $NICE balora compare --config "$grid" --methods lora dora dual-lora --grid learning_rate=5e-4,4e-3 --seeds 0
+    export_runs "$grid"
+    python experiments/make_results.py --best-lr nlg-chain-sum-tuned | while read -r method rate; do
+        $NICE balora compare --config "$grid" --methods "$method" --grid "learning_rate=$rate" --seeds 0 1 2
+    done
+    export_runs "$grid" ;;
+esac
 
 # every table, number and figure of docs/results.md, from experiments/results/ only; commit those files
 python experiments/make_results.py

@@ -228,3 +228,39 @@ def test_export_merge_adds_cells_to_the_committed_tables(tmp_path, results, caps
         file.write_text(file.read_text().replace('"id": 19', '"id": 20'))
     assert export_results.main([str(split[1]), "--out", str(merged), "--merge"]) == 2
     assert "cannot be merged" in capsys.readouterr().err
+
+
+def _rate_rows() -> list[dict]:
+    """(label, rate, seed, validation score): lora best at 2e-3 (3 seeds), pissa best at 5e-4 (seed 0 only),
+    dora tied at 1e-3 and 2e-3 (the smaller wins), and a base-model row with no rate."""
+    rows = [("lora", 1e-3, 0, 0.40), ("lora", 2e-3, 0, 0.50), ("lora", 2e-3, 1, 0.10), ("lora", 2e-3, 2, 0.20),
+            ("pissa", 5e-4, 0, 0.45), ("pissa", 2e-3, 0, 0.00), ("pissa", 2e-3, 1, 0.90), ("pissa", 2e-3, 2, 0.90),
+            ("dora", 1e-3, 0, 0.50), ("dora", 2e-3, 0, 0.50), ("base", None, 0, None)]
+    return [{"label": label, "method": label, "learning_rate_used": rate, "seed": seed, "val_exact_match": score,
+             "experiment": "x", "cell": f"{label}-{rate}-{seed}"} for label, rate, seed, score in rows]
+
+
+def test_best_settings_choose_on_seed_zero_validation_only():
+    from results_data import at_best, best_settings
+
+    rows = _rate_rows()
+    # pissa's later seeds score 0.9 at 2e-3 on validation: ignored, the choice is seed 0's
+    assert best_settings(rows, "learning_rate_used", "val_exact_match") == {"lora": 2e-3, "pissa": 5e-4,
+                                                                            "dora": 1e-3}
+    kept = {(r["label"], r["learning_rate_used"], r["seed"]) for r in at_best(rows, "learning_rate_used",
+                                                                              "val_exact_match")}
+    assert kept == {("lora", 2e-3, 0), ("lora", 2e-3, 1), ("lora", 2e-3, 2), ("pissa", 5e-4, 0), ("dora", 1e-3, 0),
+                    ("base", None, 0)}
+
+
+def test_best_lr_names_the_methods_whose_chosen_rate_lacks_seeds(monkeypatch, capsys):
+    from results_data import Experiment
+
+    name = "nlg-chain-sum-tuned"
+    experiments = {s.experiment: None for s in make_results.BY_NAME[name].sources}
+    experiments["nlg-chain-sum-lr"] = Experiment("nlg-chain-sum-lr", _rate_rows())
+    monkeypatch.setattr(make_results, "load_all", lambda results: experiments)
+    assert make_results.main(["--best-lr", name]) == 0
+    assert capsys.readouterr().out.split("\n") == ["pissa 0.0005", "dora 0.001", ""]
+    assert make_results.main(["--best-lr", "no-such-section"]) == 2
+    assert "no section 'no-such-section'" in capsys.readouterr().err
