@@ -49,7 +49,7 @@ run paper experiments/main-tweets-paper.yaml
 run rank experiments/rank-tweets.yaml
 run lr experiments/lr-tweets.yaml
 case " $WANT " in *" lr "*)  # every method whose best validation learning rate is not 5e-4: 3 seeds there
-    python experiments/make_results.py --best-lr | while read -r method rate; do
+    python experiments/make_results.py --best-lr lr-tuned | while read -r method rate; do
         $NICE balora compare --config experiments/lr-tweets.yaml --methods "$method" --grid "learning_rate=$rate" \
             --seeds 0 1 2
     done
