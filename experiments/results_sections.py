@@ -92,7 +92,8 @@ SECTIONS = [
             FIVE_PAIRS, metrics=[("exact_match", "test exact match"), ("eval_loss", "test held-out loss"),
                                  ("val_exact_match", "val exact match")], metric="exact_match",
             tuned="learning_rate_used", tuned_on="val_exact_match"),
-    Section("nlg", [Source("nlg-gsm")], FIVE_PAIRS,
+    Section("nlg", [Source("nlg-gsm"), Source("nlg-gsm-base", label="base model (no adapter)", borrowed=True)],
+            FIVE_PAIRS,
             metrics=[("exact_match", "test exact match"), ("eval_loss", "test held-out loss"),
                      ("val_exact_match", "val exact match")], metric="exact_match"),
 ]
@@ -102,7 +103,7 @@ RUN_ALL = {"main-tweets": "main", "main-tweets-paper": "paper", "sign-grad-tweet
            "noise-tweets": "noise", "noise-epochs-tweets": "noise-epochs", "imbalance-tweets": "imbalance",
            "ablation-consistency-only": "ablation", "ablation-diversity-only": "ablation",
            "ablation-svd-only": "ablation", "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
-           "boolq": "boolq", "nlg-gsm": "nlg",
+           "boolq": "boolq", "nlg-gsm": "nlg", "nlg-gsm-base": "nlg",
            "nlg-chain-sum": "nlg-chain-sum", "nlg-chain-sum-base": "nlg-chain-sum",
            "nlg-chain-sum-lr": "nlg-chain-sum-lr",
            **{f"weight-sweep-{part}": "weight-sweep" for part in (*TERMS, "all-x10", "all-x100")}}
