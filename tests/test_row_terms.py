@@ -7,7 +7,7 @@ import torch
 from test_regularizers import _Float32Sizes, randn
 
 from balora import regularizers as R
-from balora.row_terms import head_row_term_sums, row_term_sums
+from balora.row_terms import head_row_loss, head_row_term_sums, row_term_sums
 
 # ----------------------------------------------------------------------------- float64 references (loops)
 
@@ -185,3 +185,57 @@ def test_svd_ratio_through_head_float32_and_bf16_match_the_rows_version():
     torch.testing.assert_close(got16, R.svd_ratio(hid.bfloat16().float() @ w.T, 4), rtol=1e-5, atol=0)
     with pytest.raises(ValueError):
         R.svd_ratio_through_head(hid[:, :10], k=4, factor=factor)
+
+
+# ----------------------------------------------------------------------------------- head_row_loss
+@pytest.mark.parametrize("temperature", [2.0, 1.5])
+@pytest.mark.parametrize("chunk_rows", [3, 50])
+def test_head_row_loss_is_the_weighted_sums_with_the_gradient_formed_in_forward(temperature, chunk_rows):
+    h, w, b, t_h, y = randn(10, 6, seed=31), randn(30, 6, seed=32), randn(30, seed=33), randn(10, 6, seed=34), \
+        targets(10, 30)
+    c = (0.7, 0.3, -0.2)
+    x, xx = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    loss, *sums = head_row_loss(x, w, b, chunk_rows, c, targets=y, teacher_hidden=t_h, temperature=temperature,
+                                top_k=4)
+    expected = ref_sums(torch.nn.functional.linear(xx, w, b), y, torch.nn.functional.linear(t_h, w, b),
+                        temperature, 4)
+    for a, e in zip(sums, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+        assert not a.requires_grad  # the sums are for logging; the loss carries the gradient
+    e_loss = sum(ci * e for ci, e in zip(c, expected, strict=True))
+    torch.testing.assert_close(loss, e_loss, rtol=1e-10, atol=1e-10)
+    # backward scales the gradient formed in forward by the incoming one (here 3)
+    torch.testing.assert_close(torch.autograd.grad(3 * loss, x)[0], torch.autograd.grad(3 * e_loss, xx)[0],
+                               rtol=1e-9, atol=1e-10)
+    assert torch.autograd.gradcheck(
+        lambda a: head_row_loss(a, w, b, chunk_rows, c, targets=y, teacher_hidden=t_h, top_k=4)[0], (x,))
+
+
+def test_head_row_loss_zero_coefficients_tensor_coefficient_and_no_vocab_sized_tensor():
+    h, w, y = randn(16, 8, seed=35).float(), randn(64, 8, seed=36).float(), targets(16, 64)
+    x = h.clone().requires_grad_(True)
+    with _Float32Sizes() as mode:
+        loss, ce, kl, ent = head_row_loss(x, w, None, 2, (torch.tensor(0.25), 0.0, 0.0), targets=y,
+                                          teacher_hidden=h + 0.1, top_k=5)
+        loss.backward()
+    assert mode.largest <= 64 * 8  # chunks are 2 x 64; nothing (M, V) = 16 x 64 is ever built
+    sums = row_term_sums(h @ w.T, 2, targets=y, teacher=(h + 0.1) @ w.T, top_k=5)
+    for a, b in zip((ce, kl, ent), sums, strict=True):  # a zero coefficient still reports its sum
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    xx = h.clone().requires_grad_(True)
+    ce_only = row_term_sums(xx @ w.T, 2, targets=y)[0] * 0.25  # ...but adds nothing to the gradient
+    torch.testing.assert_close(loss, ce_only, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(x.grad, torch.autograd.grad(ce_only, xx)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="frozen"):
+        head_row_loss(x, w.clone().requires_grad_(True), None, 2, (1.0, 0.0, 0.0), targets=y)
+    with pytest.raises(ValueError, match="coefficients"):
+        head_row_loss(x, w, None, 2, (1.0, 0.0), targets=y)
+
+
+def test_head_row_loss_teacher_equal_to_student_gives_exactly_zero_kl():
+    h, w, y = randn(9, 6, seed=37).float(), randn(40, 6, seed=38).float(), targets(9, 40)
+    x = h.clone().requires_grad_(True)
+    loss, ce, kl, _ = head_row_loss(x, w, None, 4, (0.0, 1.0, 0.0), targets=y, teacher_hidden=h, temperature=2.0)
+    assert kl.item() == 0.0 and loss.item() == 0.0
+    loss.backward()  # d KL / d z = (softmax(z/T) - softmax(t/T)) / T = 0 at t = z
+    assert x.grad.abs().max().item() < 1e-7

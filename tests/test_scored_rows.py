@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from balora import regularizers as R
-from balora.training.scored_rows import nlg_step_terms, scored_forward, scored_head
+from balora.training.scored_rows import nlg_step_loss, nlg_step_terms, scored_forward, scored_head
 
 V, H = 96, 24
 
@@ -235,3 +235,34 @@ def test_gram_factor_is_cached_and_follows_in_place_updates():
     model.lm_head.requires_grad_(True)
     with pytest.raises(ValueError):
         head.gram_factor()
+
+
+@pytest.mark.parametrize("num_items", [None, torch.tensor(40)])
+def test_step_loss_hidden_rows_equals_the_weighted_terms_on_logits(num_items):
+    """nlg_step_loss on hidden rows (gradient formed in the forward) against nlg_step_terms on logits rows,
+    combined by hand: value and every LoRA gradient, with the trainer's scales."""
+    model = get_peft_model(llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    inputs, head = batch(), scored_head(model)
+    assert head.frozen_linear
+    weights = {"consistency": 0.6, "diversity": 0.4, "svd": 0.3}
+    scales = {"task_scale": 2.0, "term_scale": 0.5}
+    options = {"temperature": 2.0, "top_k": 7, "svd_k": 3, "svd_method": "exact", "num_items_in_batch": num_items}
+    with torch.no_grad(), model.disable_adapter():
+        ref_hidden = scored_forward(model, inputs, head, logits=False)
+        ref_logits = scored_forward(model, inputs, head, logits=True)
+    with _Shapes() as mode:
+        loss, task, terms = nlg_step_loss(scored_forward(model, inputs, head, logits=False), ref_hidden, head,
+                                          weights, chunk_size=4, **scales, **options)
+    # beyond the head weight (V, h) and its views: chunks of 4 rows only, no (M, V) rows
+    assert max(torch.Size(s).numel() for s, _ in mode.shapes if V in s and s not in ((V, H), (H, V))) == 4 * V
+    parts = nlg_step_terms(scored_forward(model, inputs, head), ref_logits, head, weights, **options)
+    expected = 2.0 * parts["task"] + 0.5 * sum(weights[k] * parts[k] for k in weights)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(task, 2.0 * parts["task"], rtol=1e-5, atol=1e-6)
+    assert terms.keys() == weights.keys() and not task.requires_grad
+    for name in weights:
+        torch.testing.assert_close(terms[name], parts[name], rtol=1e-5, atol=1e-6, msg=name)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(loss, lora), torch.autograd.grad(expected, lora), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    assert parts["consistency"] > 1e-4

@@ -132,6 +132,36 @@ def test_regularizer_scale_follows_gradient_accumulation(tmp_path):
     assert trainer._regularizer_scale(num_items_in_batch=None) == 1.0
 
 
+def test_causal_lm_step_gradient_equals_the_formula_on_full_logits(tmp_path):
+    """The step's loss (head at the scored rows, gradient formed in the forward, no (M, V) rows) against
+    task + scale * sum λ_i term_i written on transformers' full logits: value and every trainable gradient,
+    with gradient accumulation (num_items_in_batch and the 1/steps term scale)."""
+    model = _adapt("llama", "ba-lora")
+    config = BALoRAConfig(preset="paper", consistency_weight=0.5, diversity_weight=0.3, svd_weight=0.2)
+    trainer = _trainer(model, "llama", tmp_path, config, gradient_accumulation_steps=2)
+    trainer.state.max_steps, trainer.current_gradient_accumulation_steps = 4, 2
+    assert trainer._scored_head.frozen_linear
+    batch = llama_batch(batch=4, length=10, seed=7)
+    model.train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    items = torch.tensor(50)
+    total = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
+    logits = model(**batch).logits
+    task = model(**batch, num_items_in_batch=items).loss
+    rows = R.gather_valid(logits, batch["labels"])
+    with balora.as_pretrained(model), torch.no_grad():
+        teacher = R.gather_valid(model(**batch).logits, batch["labels"])
+    terms = 0.5 * R.kl_rows(rows, teacher) - 0.3 * R.topk_entropy_rows(rows) - 0.2 * R.svd_ratio(rows, 10)
+    expected = task + 0.5 * terms  # the per-batch terms divided by the 2 accumulation steps
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(total, params), torch.autograd.grad(expected, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
 def test_nlu_target_rule():
     assert nlu_target_rule(3, BALoRAConfig()) == "pooled"
     assert nlu_target_rule(5, BALoRAConfig()) == "pooled"  # C <= k: SVD of the logits would be constant

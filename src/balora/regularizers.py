@@ -57,10 +57,12 @@ IGNORE_INDEX = -100
 #: Element budget of one chunk on an accelerator (2**24 float32 = 64 MiB per temporary): 130 rows at
 #: V = 128,256, so few kernel launches per step.
 CHUNK_ELEMENTS = 2**24
-#: The CPU's budget (16 MiB per float32 temporary): under glibc's 32 MiB mmap threshold, so temporaries are
-#: reused from the heap instead of page-faulted in on every chunk. CE+KL+entropy forward+backward at
-#: M = 512, V = 32,000, one thread: 538 ms in 128-row chunks vs 776 ms in one 512-row chunk.
-CPU_CHUNK_ELEMENTS = 2**22
+#: The CPU's budget (4 MiB per float32 temporary, 32 rows at V = 32,000): small enough that glibc reuses
+#: the temporaries from its heap instead of page-faulting them in per chunk, and that its retained heap
+#: stays small. The fused CE+KL+entropy loss with its head matmuls (M = 256, h = 256, V = 32,000, one
+#: thread, forward + backward): 233 ms and +37 MiB peak in 32-row chunks, 227 ms and +153 MiB in 131-row
+#: ones; one 512-row chunk of the logits-rows pass was 776 ms against 538 ms in 128-row chunks.
+CPU_CHUNK_ELEMENTS = 2**20
 #: ``method="auto"`` uses the exact SVD while min(M, V) <= this, the randomized one above it. Measured on
 #: one CPU thread (V = 49,152): exact 115 ms vs randomized 294 ms at M = 256, 564 vs 602 ms at M = 744; on a
 #: GPU the M x M float64 eigh grows costly (design §6: 96.5 ms at M = 2,048), so 512 is a conservative switch.

@@ -4,8 +4,9 @@ Every method's NLG step computes the head only at the M scored rows and the task
 (:mod:`balora.training.scored_rows`). BA-LoRA adds (a) the no-grad reference forward
 (:func:`balora.training.terms.reference_rows`) and (b) the terms: KL and top-K entropy in the same chunked
 pass as the cross-entropy, and the SVD term (through the frozen head when it applies). Each piece is timed
-on the step's real tensors with the trainer's own functions and settings (:func:`~balora.training.terms.
-nlg_terms`); ``regularizers_ms`` is the pass with all terms minus the cross-entropy-only pass, so the pieces
+on the step's real tensors, in the form the trainer uses (hidden rows when the head is frozen and linear),
+with the trainer's own loss (:func:`~balora.training.terms.nlg_loss`); ``regularizers_ms`` is the pass
+with all terms minus the cross-entropy-only pass, so the pieces
 add up to what BA-LoRA costs over LoRA (the rest is noise, or PiSSA vs LoRA).
 """
 
@@ -18,7 +19,8 @@ import torch.nn as nn
 
 from .. import regularizers as R
 from ..training.scored_rows import ScoredRows, scored_forward
-from ..training.terms import nlg_terms, reference_rows, rows_of_logits
+from ..training.terms import nlg_loss, reference_rows, rows_of_logits, student_rows
+from ..training.weights import TERMS
 from .memory import extra_peak_mib
 from .timing import median_ms
 
@@ -48,18 +50,21 @@ def balora_breakdown(trainer: Any, model: nn.Module, inputs: dict[str, torch.Ten
     model.train()
     teacher = reference_rows(model, inputs, head)
     with torch.no_grad():
-        student = scored_forward(model, inputs, head) if head is not None else \
-            rows_of_logits(model(**{k: v for k, v in inputs.items() if k != "labels"}).logits, inputs["labels"])
+        if head is not None:
+            student, logit_rows = student_rows(model, inputs, head), scored_forward(model, inputs, head)
+        else:
+            student = logit_rows = rows_of_logits(model(**{k: v for k, v in inputs.items() if k != "labels"}).logits,
+                                                  inputs["labels"])
 
     def pass_with(active: dict[str, float]) -> Any:
         def run() -> None:
-            terms = nlg_terms(_leaf_rows(student), teacher, head, active, config)
-            sum(active.get(name, 1.0) * value for name, value in terms.items()).backward()
+            nlg_loss(_leaf_rows(student), teacher, head, {**dict.fromkeys(TERMS, 0.0), **active},
+                     config)[0].backward()
         return run
 
     def svd_alone(method: str, through_head: bool = False) -> Any:
         def run() -> None:
-            rows = _leaf_rows(student)
+            rows = _leaf_rows(logit_rows)
             if through_head:
                 ratio = R.svd_ratio_through_head(rows.hidden, k=config.nlg_svd_k, factor=head.gram_factor())
             else:
@@ -88,7 +93,7 @@ def balora_breakdown(trainer: Any, model: nn.Module, inputs: dict[str, torch.Ten
     out["reference_forward_peak_mib"] = extra_peak_mib(lambda: reference_rows(model, inputs, head), device)
     for name in ("task_loss_ms", "regularizers_ms"):
         out[name.removesuffix("_ms") + "_peak_mib"] = extra_peak_mib(pieces[name], device)
-    rows = student.logits
+    rows = logit_rows.logits
     auto = "exact" if min(rows.shape) <= R.AUTO_EXACT_MAX else "randomized"
     svd_used = auto if config.svd_method == "auto" else config.svd_method
     if head is not None and head.frozen_linear:

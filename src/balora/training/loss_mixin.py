@@ -26,11 +26,12 @@ from ..model_kind import regularizer_task
 from .callbacks import DualLoraWarmupCallback
 from .checkpoints import complete_or_absent, resume_checkpoint
 from .config import BALoRAConfig
-from .scored_rows import scored_forward, scored_head
+from .scored_rows import scored_head
 from .sharding import head_as_wrapped
 from .terms import (
     capture_head_input,
     find_head,
+    nlg_loss,
     nlg_terms,
     nlu_target_rule,
     nlu_terms,
@@ -38,6 +39,7 @@ from .terms import (
     reference_logits,
     reference_rows,
     rows_of_logits,
+    student_rows,
 )
 from .weights import TERMS
 
@@ -96,36 +98,38 @@ class BALoRALossMixin:
         weights = self.weight_schedule.weights_at(self.state.global_step, self.state.max_steps)
         if self._scored_head is not None and not return_outputs:
             outputs = None
-            task_loss, terms = self._scored_rows_loss(model, inputs, weights, num_items_in_batch)
-        elif not self.weight_schedule.any_active:  # the trainer's own loss (and its metrics), unchanged
-            task_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            task_loss, outputs = task_loss if return_outputs else (task_loss, None)
-            terms = {}
+            loss, task_loss, terms = self._scored_rows_loss(model, inputs, weights, num_items_in_batch)
         else:
-            task_loss, outputs, terms = self._full_forward_loss(model, inputs, weights, num_items_in_batch)
-        regularizer = sum(weights[name] * value for name, value in terms.items())
-        loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer if terms else task_loss
+            if not self.weight_schedule.any_active:  # the trainer's own loss (and its metrics), unchanged
+                task_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                task_loss, outputs = task_loss if return_outputs else (task_loss, None)
+                terms = {}
+            else:
+                task_loss, outputs, terms = self._full_forward_loss(model, inputs, weights, num_items_in_batch)
+            regularizer = sum(weights[name] * value for name, value in terms.items())
+            loss = task_loss + self._regularizer_scale(num_items_in_batch) * regularizer if terms else task_loss
         self._check_finite(loss, {"task": task_loss, **terms}, inputs)
         self._record(terms, weights)
         return (loss, outputs) if return_outputs else loss
 
     def _scored_rows_loss(self, model: nn.Module, inputs: dict[str, Any], weights: dict[str, float],
-                          num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, dict]:
-        """NLG: the head only at the scored rows, the task CE and the terms in one pass (every method)."""
+                          num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """NLG: ``(loss, task, terms)`` with the head only at the scored rows, the task CE and the terms in
+        one pass (every method); with a frozen linear head no (M, V) logits rows at all (:func:`nlg_loss`)."""
         self._scored_head = head_as_wrapped(self._scored_head)  # FSDP2 / ZeRO-3 shard it in train()
         reference = None
         if weights["consistency"] > 0:
             reference = reference_rows(model, inputs, self._scored_head)
-        student = scored_forward(model, inputs, self._scored_head)
+        student = student_rows(model, inputs, self._scored_head)
         passed = num_items_in_batch if self.model_accepts_loss_kwargs else None  # what the model would get
         try:
-            terms = nlg_terms(student, reference, self._scored_head, weights, self.balora_config, passed)
+            return nlg_loss(student, reference, self._scored_head, weights, self.balora_config, passed,
+                            task_scale=self._token_average_scale(passed),
+                            term_scale=self._regularizer_scale(num_items_in_batch))
         except torch.linalg.LinAlgError:  # the SVD of NaN/inf rows: report the task loss that went bad
             task = nlg_terms(student, None, self._scored_head, dict.fromkeys(TERMS, 0.0), self.balora_config, passed)
             self._check_finite(task["task"], task, inputs)
             raise
-        task = terms.pop("task") * self._token_average_scale(passed)
-        return task, terms
 
     def _full_forward_loss(self, model: nn.Module, inputs: dict[str, Any], weights: dict[str, float],
                            num_items_in_batch: torch.Tensor | int | None) -> tuple[torch.Tensor, Any, dict]:

@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 
 from .. import regularizers as R
-from ..row_terms import head_row_term_sums, row_term_sums
+from ..row_terms import head_row_loss, head_row_term_sums, row_term_sums
 
 logger = logging.getLogger("balora")
 
-__all__ = ["PLAIN_HEAD_MODEL_TYPES", "ScoredHead", "ScoredRows", "nlg_step_terms", "scored_forward", "scored_head"]
+__all__ = ["PLAIN_HEAD_MODEL_TYPES", "ScoredHead", "ScoredRows", "hidden_rows_only", "nlg_step_loss", "nlg_step_terms",
+           "scored_forward", "scored_head"]
 
 #: Architectures whose ForCausalLM forward is ``logits = lm_head(last_hidden_state)`` then the standard
 #: causal-LM loss (checked against transformers 5.x). Others fall back to the full forward.
@@ -140,6 +141,12 @@ class ScoredRows:
     targets: torch.Tensor
 
 
+def hidden_rows_only(head: ScoredHead | None) -> bool:
+    """True when the step's forwards should return the head's inputs only (:func:`nlg_step_loss` then builds
+    no logits rows at all): a frozen plain ``nn.Linear`` head."""
+    return head is not None and head.frozen_linear
+
+
 def scored_forward(model: nn.Module, inputs: dict, head: ScoredHead, logits: bool = True) -> ScoredRows:
     """Run ``model`` on ``inputs`` (with their ``labels`` (B, T)), computing the head at the scored rows only.
 
@@ -229,3 +236,51 @@ def nlg_step_terms(student: ScoredRows, reference: ScoredRows | None, head: Scor
             ratio = R.svd_ratio(student.logits, k=svd_k, method=svd_method)
         out["svd"] = -ratio
     return out
+
+
+def nlg_step_loss(student: ScoredRows, reference: ScoredRows | None, head: ScoredHead | None,
+                  weights: dict[str, float], *, task_scale: float = 1.0, term_scale: float = 1.0,
+                  temperature: float = 2.0, top_k: int = 20, svd_k: int = 10, svd_method: str = "auto",
+                  num_items_in_batch: torch.Tensor | int | None = None,
+                  chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, task, terms)`` of one NLG step: loss = task_scale·task + term_scale·Σ λ_i·term_i.
+
+    ``task`` and ``terms`` are what :func:`nlg_step_terms` returns (the task already times ``task_scale``),
+    for logging and checks. With hidden rows and a frozen linear head (:func:`hidden_rows_only`) the CE,
+    KL and entropy come from :func:`balora.row_terms.head_row_loss`, which knows their coefficients and
+    forms the gradient during the forward: no (M, V) tensor at any point, the student's or the
+    reference's; ``task`` and those two terms are then values without gradient, and ``loss`` carries it.
+    Otherwise the terms are combined as returned (logits rows, the fallback).
+    """
+    if student.logits is not None or head is None or not head.frozen_linear:
+        terms = nlg_step_terms(student, reference, head, weights, temperature=temperature, top_k=top_k,
+                               svd_k=svd_k, svd_method=svd_method, num_items_in_batch=num_items_in_batch,
+                               chunk_size=chunk_size)
+        task = terms.pop("task") * task_scale
+        regularizer = sum(weights[name] * value for name, value in terms.items())
+        return (task + term_scale * regularizer if terms else task), task, terms
+    want_kl = weights.get("consistency", 0) > 0 and reference is not None
+    want_ent = weights.get("diversity", 0) > 0
+    m = max(student.targets.shape[0], 1)
+    denom = m if num_items_in_batch is None else num_items_in_batch  # a device tensor stays one (no sync)
+    if torch.is_tensor(denom):
+        c_task = task_scale / denom.to(student.hidden.device, torch.promote_types(student.hidden.dtype, torch.float32))
+    else:
+        c_task = task_scale / denom if denom else float("nan")  # transformers: 0/0 is NaN
+    coefficients = (c_task, term_scale * weights["consistency"] * temperature**2 / m if want_kl else 0.0,
+                    -term_scale * weights["diversity"] / m if want_ent else 0.0)
+    rows = R.rows_per_chunk(chunk_size, head.weight.shape[0], student.hidden.device)
+    loss, ce, kl, ent = head_row_loss(student.hidden, head.weight, head.bias, rows, coefficients,
+                                      targets=student.targets, teacher_hidden=reference.hidden if want_kl else None,
+                                      temperature=temperature, top_k=top_k if want_ent else 0)
+    task = ce * c_task
+    terms: dict[str, torch.Tensor] = {}
+    if want_kl:
+        terms["consistency"] = kl * (temperature**2 / m)
+    if want_ent:
+        terms["diversity"] = -ent / m
+    if weights.get("svd", 0) > 0:
+        terms["svd"] = -R.svd_ratio_through_head(student.hidden, k=svd_k, factor=head.gram_factor(),
+                                                 method=svd_method)
+        loss = loss + term_scale * weights["svd"] * terms["svd"]
+    return loss, task, terms

@@ -3,8 +3,8 @@
 NLU: :func:`reference_logits` (the pre-trained model's logits, no gradient), then :func:`nlu_terms` on the
 student's logits or the pooled vector its head reads. NLG: :func:`reference_rows` and the student's
 :class:`~balora.training.scored_rows.ScoredRows` (the head at the scored rows only, or the rows of a full
-forward where that does not apply), then :func:`nlg_terms`: the task cross-entropy and the terms in one
-chunked pass over the M scored rows.
+forward where that does not apply), then :func:`nlg_loss` (the step's loss) or :func:`nlg_terms` (the terms
+alone): the task cross-entropy and the terms in one chunked pass over the M scored rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn as nn
 from .. import regularizers as R
 from ..reference import as_pretrained
 from .config import BALoRAConfig
-from .scored_rows import ScoredHead, ScoredRows, nlg_step_terms, scored_forward
+from .scored_rows import ScoredHead, ScoredRows, hidden_rows_only, nlg_step_loss, nlg_step_terms, scored_forward
 
 logger = logging.getLogger("balora")
 
@@ -85,11 +85,18 @@ def reference_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
 
 
 def reference_rows(model: nn.Module, inputs: dict, head: ScoredHead | None) -> ScoredRows:
-    """The pre-trained model's NLG scored rows: the head at the scored rows only when ``head`` is given."""
+    """The pre-trained model's NLG scored rows: the head at the scored rows only when ``head`` is given, and
+    only the head's inputs when that head is frozen and linear (:func:`student_rows` does the same)."""
     if head is not None:
         with pretrained_view(model):
-            return scored_forward(model, inputs, head)
+            return scored_forward(model, inputs, head, logits=not hidden_rows_only(head))
     return rows_of_logits(reference_logits(model, inputs), inputs["labels"])
+
+
+def student_rows(model: nn.Module, inputs: dict, head: ScoredHead) -> ScoredRows:
+    """The student's NLG scored rows, in the form :func:`nlg_loss` takes: the head's inputs only when the
+    head is frozen and linear (the loss then never builds logits rows), else the (M, V) logits rows."""
+    return scored_forward(model, inputs, head, logits=not hidden_rows_only(head))
 
 
 def rows_of_logits(logits: torch.Tensor, labels: torch.Tensor) -> ScoredRows:
@@ -106,6 +113,16 @@ def nlg_terms(student: ScoredRows, reference: ScoredRows | None, head: ScoredHea
     return nlg_step_terms(student, reference, head, weights, temperature=config.temperature, top_k=config.top_k,
                           svd_k=config.nlg_svd_k, svd_method=config.svd_method,
                           num_items_in_batch=num_items_in_batch)
+
+
+def nlg_loss(student: ScoredRows, reference: ScoredRows | None, head: ScoredHead | None,
+             weights: dict[str, float], config: BALoRAConfig, num_items_in_batch: torch.Tensor | int | None = None,
+             task_scale: float = 1.0, term_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``(loss, task, terms)``: loss = task_scale·CE + term_scale·Σ λ_i·term_i over the scored rows
+    (:func:`balora.training.scored_rows.nlg_step_loss`); ``task`` and ``terms`` for logging."""
+    return nlg_step_loss(student, reference, head, weights, task_scale=task_scale, term_scale=term_scale,
+                         temperature=config.temperature, top_k=config.top_k, svd_k=config.nlg_svd_k,
+                         svd_method=config.svd_method, num_items_in_batch=num_items_in_batch)
 
 
 def nlu_target_rule(num_classes: int, config: BALoRAConfig) -> str:
