@@ -6,7 +6,8 @@
 The inputs are experiments/results/<experiment>.csv (one row per run), curves/<experiment>.csv,
 predictions/<experiment>.csv and epochs/<experiment>.csv (per-epoch evaluations of ``--epoch-eval`` runs:
 a section with ``epochs`` gets one table per setting, epoch × method), written from `balora compare`
-folders by experiments/export_results.py.
+folders by experiments/export_results.py, and tsne/<experiment>.csv (2-D t-SNE coordinates of saved
+representations, by experiments/export_tsne.py; experiments/results_tsne.py draws and scores them).
 docs/results.md holds hand-written prose and generated blocks ``<!-- BEGIN name -->`` ...
 ``<!-- END name -->``; only the blocks are rewritten, and the prose may hold no result number: ``--check``
 also fails on a standalone number in the prose outside code (numbers inside names such as SmolLM2 are fine).
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_data import Experiment, at_best, best_settings, gather, groups, load_experiment, missing, paired, sort_key  # noqa: E402
 from results_sections import BY_NAME, CLAIMS, LOST, RUN_ALL, SECTIONS, SETUP, Section  # noqa: E402
 from results_sweep import sweep_block  # noqa: E402
+from results_tsne import TSNE_EXPERIMENT, tsne_block, tsne_figure  # noqa: E402
 
 from balora.experiment.stats import describe  # noqa: E402
 
@@ -231,6 +233,8 @@ def render(text: str, results: Path, figures: Path | None) -> str:
     sweep = BY_NAME["weight-sweep"]
     makers = {"summary": lambda: summary_block(experiments), "machine": lambda: machine_block(experiments),
               "weight-sweep-terms": lambda: sweep_block(gather(sweep.sources, experiments, sweep.keys), experiments),
+              "imbalance-tsne": lambda: tsne_block(results, experiments, figures is not None,
+                                                   absent(BY_NAME["imbalance"], [TSNE_EXPERIMENT])),
               **{s.name: (lambda s=s: section_block(s, experiments, figures)) for s in SECTIONS}}
     unknown = sorted({m.group(2) for m in BLOCK.finditer(text)} - set(makers))
     if unknown:
@@ -271,7 +275,8 @@ def draw_figures(results: Path, figures: Path) -> list[Path]:
             else:
                 curves = [c for experiment in used for c in experiment.curves]
                 drawn.append(draw(rows, curves, section, figures / f"{section.name}.png"))
-    return drawn
+    tsne = tsne_figure(results, experiments, figures)
+    return drawn + ([tsne] if tsne else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,10 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-figures", action="store_true", help="do not redraw docs/figures/<section>.png")
     parser.add_argument("--best-lr", nargs="?", const="lr", metavar="SECTION",
                         help="only print 'METHOD LR' for each method of SECTION (default: lr) whose best seed-0 "
-                        "validation learning rate has fewer than 3 seeds (for experiments/run_all.sh)")
+                        "validation learning rate has fewer than --best-lr-seeds seeds (for experiments/run_all.sh)")
+    parser.add_argument("--best-lr-seeds", type=int, default=3, metavar="N", help="with --best-lr: the seeds "
+                        "each chosen rate should have (default 3)")
     args = parser.parse_args(argv)
     if args.best_lr:
-        return print_best_lr(args.results, args.best_lr)
+        return print_best_lr(args.results, args.best_lr, args.best_lr_seeds)
     if not args.doc.is_file():
         print(f"{args.doc} not found", file=sys.stderr)
         return 1

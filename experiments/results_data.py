@@ -8,6 +8,7 @@ its per-example predictions can be found for :func:`paired`.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,9 +123,11 @@ def gather(sources: list[Source], experiments: dict[str, Experiment | None],
 
 
 def _order(label: str) -> tuple:
-    """Known methods in their usual order; 'ba-lora (paper λ)' and the like right after their method."""
+    """Known methods in their usual order; 'ba-lora (paper λ)' and the like right after their method; other
+    labels by text with their numbers by value ('svd ×10' after 'svd ×2')."""
     base = label.split(" (")[0]
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), label)
+    natural = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", label))
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), natural)
 
 
 def sort_key(value: Any) -> tuple:

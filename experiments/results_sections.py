@@ -16,6 +16,8 @@ from results_sweep import sweep_pairs, sweep_sources
 METRICS = [("accuracy", "test acc"), ("f1_macro", "test macro-F1"), ("val_accuracy", "val acc")]
 TERMS = ("consistency", "diversity", "svd")
 THREE = {"method": ("lora", "pissa", "ba-lora")}
+#: the ablation's pairs, by the term left out (its experiment: ablation-no-<term>)
+PAIRS = {left_out: " + ".join(t for t in TERMS if t != left_out) for left_out in TERMS}
 BASIC_PAIRS = [("ba-lora", "pissa"), ("ba-lora", "lora"), ("pissa", "lora")]
 FIVE_PAIRS = [*BASIC_PAIRS, ("dora", "lora"), ("dual-lora", "lora")]
 # settings listed under a section when every row shares them (what varies is in the table instead)
@@ -64,9 +66,12 @@ SECTIONS = [
     Section("ablation", [Source("noise-tweets", where={"method": ("pissa",), "label_noise": (0.2,)},
                                 label="none (= pissa)", borrowed=True),
                          *(Source(f"ablation-{t}-only", label=f"{t} only") for t in TERMS),
+                         *(Source(f"ablation-no-{t}", label=PAIRS[t]) for t in TERMS),
                          Source("noise-tweets", where={"method": ("ba-lora",), "label_noise": (0.2,)},
                                 label="all three (= ba-lora)", borrowed=True)],
             [(f"{t} only", "none (= pissa)") for t in TERMS]
+            + [(PAIRS[t], "none (= pissa)") for t in TERMS]
+            + [("all three (= ba-lora)", PAIRS[t]) for t in TERMS]
             + [("all three (= ba-lora)", "none (= pissa)")]),
     Section("rank", [Source("main-tweets", where=THREE, borrowed=True), Source("rank-tweets")], BASIC_PAIRS,
             keys=["rank"]),
@@ -102,7 +107,8 @@ BY_NAME = {s.name: s for s in SECTIONS}
 RUN_ALL = {"main-tweets": "main", "main-tweets-paper": "paper", "sign-grad-tweets": "sign-grad",
            "noise-tweets": "noise", "noise-epochs-tweets": "noise-epochs", "imbalance-tweets": "imbalance",
            "ablation-consistency-only": "ablation", "ablation-diversity-only": "ablation",
-           "ablation-svd-only": "ablation", "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
+           "ablation-svd-only": "ablation", **{f"ablation-no-{t}": "ablation" for t in TERMS},
+           "rank-tweets": "rank", "lr-tweets": "lr", "ood-tweets": "ood",
            "boolq": "boolq", "nlg-gsm": "nlg", "nlg-gsm-base": "nlg",
            "nlg-chain-sum": "nlg-chain-sum", "nlg-chain-sum-base": "nlg-chain-sum",
            "nlg-chain-sum-lr": "nlg-chain-sum-lr",

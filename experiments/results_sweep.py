@@ -1,6 +1,7 @@
 """Where the regularizers act (section d′ of docs/results.md): what each weight of the sweep does to the model.
 
-The sweep trains BA-LoRA with one term on (or all three) at 1, 10 and 100 times the 'official' weights, in
+The sweep trains BA-LoRA with one term on (or all three) at 1, 10 and 100 times the 'official' weights (and in
+between where a term starts to act: :data:`MULTIPLIERS`), in
 the noise-epochs setting at label noise 0.4; the reference is PiSSA there (no term, the same seed, hence the
 same data split and order). Per sweep row :func:`sweep_block` reports
 
@@ -23,7 +24,9 @@ from results_data import Experiment, Source, paired
 
 from balora.training.weights import TERMS, make_schedule
 
-MULTIPLIERS = (1, 10, 100)
+#: the multipliers of the official weight each group was run at (consistency and svd finer where they start to act)
+MULTIPLIERS = {"consistency": (1, 2, 3, 5, 10, 100), "diversity": (1, 10, 100), "svd": (1, 10, 30, 100),
+               "all three": (1, 10, 100)}
 REFERENCE = "none (= pissa)"
 ALL = "all three"
 NOISE = 0.4
@@ -44,15 +47,15 @@ def sweep_sources() -> list[Source]:
                       label=REFERENCE, borrowed=True)]
     for term in TERMS:
         sources += [Source(f"weight-sweep-{term}", where={f"{term}_weight": (_weight(term, m),)},
-                           label=label(term, m)) for m in MULTIPLIERS]
+                           label=label(term, m)) for m in MULTIPLIERS[term]]
     sources.append(Source("noise-epochs-tweets", where={"method": ("ba-lora",), "label_noise": (NOISE,)},
                           label=label(ALL, 1), borrowed=True))
-    sources += [Source(f"weight-sweep-all-x{m}", label=label(ALL, m)) for m in MULTIPLIERS[1:]]
+    sources += [Source(f"weight-sweep-all-x{m}", label=label(ALL, m)) for m in MULTIPLIERS[ALL][1:]]
     return sources
 
 
 def sweep_pairs() -> list[tuple[str, str]]:
-    return [(label(group, m), REFERENCE) for group in (*TERMS, ALL) for m in MULTIPLIERS]
+    return [(label(group, m), REFERENCE) for group in (*TERMS, ALL) for m in MULTIPLIERS[group]]
 
 
 def _shares(curves: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -95,7 +98,7 @@ def sweep_block(rows: list[dict[str, Any]], experiments: dict[str, Experiment | 
     if not rows:
         return "_no sweep runs committed_"
     references = {r["seed"]: r for r in rows if r["label"] == REFERENCE}
-    order = [REFERENCE, *(label(g, m) for g in (*TERMS, ALL) for m in MULTIPLIERS)]
+    order = [REFERENCE, *(label(g, m) for g in (*TERMS, ALL) for m in MULTIPLIERS[g])]
     header = ["run", "seed", *(f"{t} share of the loss" for t in TERMS), "final noisy fit", "test acc",
               "test predictions ≠ pissa's"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -115,7 +118,7 @@ def sweep_block(rows: list[dict[str, Any]], experiments: dict[str, Experiment | 
 
 def _acting(group: str, rows: list[dict[str, Any]], changed: dict[str, int], experiments: dict) -> str:
     """'- TERM: changes test predictions from ×M; moves the accuracy (interval excludes 0) from ×M' (or never)."""
-    run = [m for m in MULTIPLIERS if any(r["label"] == label(group, m) for r in rows)]
+    run = [m for m in MULTIPLIERS[group] if any(r["label"] == label(group, m) for r in rows)]
     if not run:
         return f"- {group}: not run"
     first_change = next((m for m in run if changed.get(label(group, m))), None)

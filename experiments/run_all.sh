@@ -38,20 +38,31 @@ run sign-grad experiments/sign-grad-tweets.yaml
 run imbalance experiments/imbalance-tweets.yaml
 plot imbalance tsne runs/imbalance-tweets/cells/lora-seed0 runs/imbalance-tweets/cells/pissa-seed0 \
     runs/imbalance-tweets/cells/ba-lora-seed0 --output runs/imbalance-tweets
+case " $WANT " in *" imbalance "*) $NICE python experiments/export_tsne.py runs/imbalance-tweets ;; esac
 run noise experiments/noise-tweets.yaml
 run noise-epochs experiments/noise-epochs-tweets.yaml
 # where the regularizers act: each term alone, and all three, at 1, 10 and 100 times the official weights
+# (consistency also at 2, 3 and 5 times, svd at 30 times: their grids), then seeds 1-2 where a term acts most
+extra_seeds() {  # extra_seeds CONFIG [GRID]: seeds 1 and 2 of that config's cell(s), then export again
+    case " $WANT " in *" weight-sweep "*) ;; *) return 0 ;; esac
+    $NICE balora compare --config "$1" ${2:+--grid "$2"} --seeds 1 2
+    export_runs "$1"
+}
 for sweep in consistency diversity svd all-x10 all-x100; do run weight-sweep "experiments/weight-sweep-$sweep.yaml"; done
+extra_seeds experiments/weight-sweep-consistency.yaml consistency_weight=0.25
+extra_seeds experiments/weight-sweep-svd.yaml svd_weight=0.5
+extra_seeds experiments/weight-sweep-all-x10.yaml
 run ablation experiments/ablation-consistency-only.yaml
 run ablation experiments/ablation-diversity-only.yaml
 run ablation experiments/ablation-svd-only.yaml
+for term in consistency diversity svd; do run ablation "experiments/ablation-no-$term.yaml"; done  # the pairs
 run paper experiments/main-tweets-paper.yaml
 run rank experiments/rank-tweets.yaml
 run lr experiments/lr-tweets.yaml
-case " $WANT " in *" lr "*)  # every method whose best validation learning rate is not 5e-4: 3 seeds there
-    python experiments/make_results.py --best-lr lr-tuned | while read -r method rate; do
+case " $WANT " in *" lr "*)  # every method whose best validation learning rate is not 5e-4: 5 seeds there
+    python experiments/make_results.py --best-lr lr-tuned --best-lr-seeds 5 | while read -r method rate; do
         $NICE balora compare --config experiments/lr-tweets.yaml --methods "$method" --grid "learning_rate=$rate" \
-            --seeds 0 1 2
+            --seeds 0 1 2 3 4
     done
     export_runs experiments/lr-tweets.yaml ;;
 esac
