@@ -57,12 +57,12 @@ IGNORE_INDEX = -100
 #: Element budget of one chunk on an accelerator (2**24 float32 = 64 MiB per temporary): 130 rows at
 #: V = 128,256, so few kernel launches per step.
 CHUNK_ELEMENTS = 2**24
-#: The CPU's budget (4 MiB per float32 temporary, 32 rows at V = 32,000): small enough that glibc reuses
-#: the temporaries from its heap instead of page-faulting them in per chunk, and that its retained heap
-#: stays small. The fused CE+KL+entropy loss with its head matmuls (M = 256, h = 256, V = 32,000, one
-#: thread, forward + backward): 233 ms and +37 MiB peak in 32-row chunks, 227 ms and +153 MiB in 131-row
-#: ones; one 512-row chunk of the logits-rows pass was 776 ms against 538 ms in 128-row chunks.
-CPU_CHUNK_ELEMENTS = 2**20
+#: The CPU's budget (8 MiB per float32 temporary, 65 rows at V = 32,000): small enough that glibc reuses
+#: the temporaries from its heap, large enough for the head's row-chunk matmuls to run at speed. Two
+#: back-to-back ``balora bench --model tiny --threads 1`` runs, 65- vs 32-row chunks: every method's step
+#: is 10-17 % faster in 65-row ones (LoRA 220 vs 250 ms, BA-LoRA 374 vs 442 ms, Dual LoRA 254 vs 303 ms),
+#: at 25-35 MiB more peak RSS for the methods with the most temporaries (BA-LoRA 259 vs 224 MiB).
+CPU_CHUNK_ELEMENTS = 2**21
 #: ``method="auto"`` uses the exact SVD while min(M, V) <= this, the randomized one above it. Measured on
 #: one CPU thread (V = 49,152): exact 115 ms vs randomized 294 ms at M = 256, 564 vs 602 ms at M = 744; on a
 #: GPU the M x M float64 eigh grows costly (design §6: 96.5 ms at M = 2,048), so 512 is a conservative switch.

@@ -229,13 +229,26 @@ def _fused_chunk(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None
     rebuilding them: with the teacher, e_u = exp((z − max)/T) and p = exp((t − max)/T) are the only exp
     passes at T = 2 (softmax(z) ∝ e_u², softmax(z/T) ∝ e_u, softmax(t/T) ∝ p); the cross-entropy alone
     takes one (softmax(z) ∝ exp(z − max)). A term whose scale is None adds nothing to dz.
+
+    ``z`` and ``t`` are consumed: the caller passes fresh chunks and keeps no reference, so each is freed
+    (or overwritten: t becomes t − z) as soon as it is no longer needed; at most four (r, V) float
+    tensors are alive at once.
     """
     c_ce, c_kl, c_ent = scales
     inv_t = 1.0 / temperature
-    zero = z.new_zeros(())
-    ce = kl = ent = zero
-    grad = None
+    ce = kl = ent = z.new_zeros(())
+    grad = ent_grad = None
+    shape = z.shape
     z_top = z.amax(dim=-1, keepdim=True)
+    picked = None if y is None else z.gather(1, y[:, None]).squeeze(1)
+    if top_k:
+        values, idx = z.topk(top_k, dim=-1, sorted=False)
+        logp = F.log_softmax(values, dim=-1)
+        q = logp.exp()
+        entropy = -(q * logp).sum(dim=-1, keepdim=True)
+        ent = entropy.sum()
+        if want_grad and c_ent is not None:
+            ent_grad = (idx, q.mul_(logp + entropy).mul_(-c_ent))
     e_u = sum_u = p = sum_w = None
     if t is not None:
         e_u = _scaled_minus(z, inv_t, z_top * inv_t).exp_()
@@ -244,17 +257,19 @@ def _fused_chunk(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None
         t_top = t.amax(dim=-1, keepdim=True)
         p = _scaled_minus(t, inv_t, t_top * inv_t).exp_()
         sum_w = p.sum(dim=-1)
-        diff = torch.sub(t, z)
+        diff = t.sub_(z)  # t − z, in t's own storage
         kl = (torch.linalg.vecdot(diff, p) * inv_t / sum_w - (t_top.squeeze(-1) * inv_t + sum_w.log())
               + (z_top.squeeze(-1) * inv_t + sum_u.log())).sum()
         del diff, t
     if y is not None:
         if e_u is not None and _squares_to_power(temperature):
+            del z
             probs = e_u.square()  # exp(z − max), unnormalised
         else:
             probs = _scaled_minus(z, 1.0, z_top).exp_()
+            del z
         total = probs.sum(dim=-1)
-        ce = (z_top.squeeze(-1) + total.log() - z.gather(1, y[:, None]).squeeze(1)).sum()
+        ce = (z_top.squeeze(-1) + total.log() - picked).sum()
         if want_grad and c_ce is not None:
             grad = probs.mul_((c_ce / total)[:, None])
             grad.scatter_add_(1, y[:, None], (-c_ce).expand(y.shape[0], 1))
@@ -263,17 +278,11 @@ def _fused_chunk(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None
         e_u.mul_((c_kl * inv_t / sum_u)[:, None]).sub_(p.mul_((c_kl * inv_t / sum_w)[:, None]))
         grad = e_u if grad is None else grad.add_(e_u)
     del e_u, p
-    if top_k:
-        values, idx = z.topk(top_k, dim=-1, sorted=False)
-        logp = F.log_softmax(values, dim=-1)
-        q = logp.exp()
-        entropy = -(q * logp).sum(dim=-1, keepdim=True)
-        ent = entropy.sum()
-        if want_grad and c_ent is not None:
-            grad = torch.zeros_like(z) if grad is None else grad
-            grad.scatter_add_(1, idx, q.mul_(logp + entropy).mul_(-c_ent))
-    if want_grad and grad is None:
-        grad = torch.zeros_like(z)
+    if want_grad:
+        if grad is None:
+            grad = z_top.new_zeros(shape)
+        if ent_grad is not None:
+            grad.scatter_add_(1, *ent_grad)
     return ce, kl, ent, grad
 
 
@@ -298,11 +307,11 @@ class _HeadRowLoss(torch.autograd.Function):
         totals = [hidden.new_zeros((), dtype=dtype) for _ in range(3)]
         for start in range(0, hidden.shape[0], rows):
             sl = slice(start, start + rows)
-            teacher = None if teacher_hidden is None else _head_logits(teacher_hidden[sl], weight, bias)
-            z = _head_logits(hidden[sl], weight, bias).to(dtype)
-            *parts, dz = _fused_chunk(z, None if targets is None else targets[sl], teacher, temperature, top_k,
-                                      scales, grad is not None)
-            del z, teacher
+            # fresh chunks, no reference kept here: _fused_chunk frees (or overwrites) them as it goes
+            *parts, dz = _fused_chunk(
+                _head_logits(hidden[sl], weight, bias).to(dtype), None if targets is None else targets[sl],
+                None if teacher_hidden is None else _head_logits(teacher_hidden[sl], weight, bias),
+                temperature, top_k, scales, grad is not None)
             for total, part in zip(totals, parts, strict=True):
                 total += part
             if grad is not None:
