@@ -34,6 +34,14 @@ def _adapt(kind, method, **kw):
     return balora.adapt(MODEL_KINDS[kind][0](), method=method, r=4, **keep, **kw)
 
 
+def _move_adapter(model) -> None:
+    """Move the adapter away from the reference (L_CR != 0): noise on every lora_B."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B.default" in name:
+                p.add_(0.05 * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_consistency_is_zero_at_step_zero_in_train_mode(model_kind, method):
     """Before any update the reference equals the student, dropout included (BERT has dropout)."""
@@ -76,10 +84,7 @@ def test_loss_is_task_plus_weighted_terms_and_terms_reach_gradients(tmp_path):
     trainer.state.max_steps = 4
     batch = llama_batch(batch=4, length=10, seed=5)
     model.train()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B.default" in name:
-                p.add_(0.05 * torch.randn_like(p))  # move away from the reference so L_CR != 0
+    _move_adapter(model)  # away from the reference so L_CR != 0
     total = trainer.compute_loss(model, dict(batch))
     task = model(**batch).loss
     rows = R.gather_valid(model(**batch).logits, batch["labels"])
@@ -143,10 +148,7 @@ def test_causal_lm_step_gradient_equals_the_formula_on_full_logits(tmp_path):
     assert trainer._scored_head.frozen_linear
     batch = llama_batch(batch=4, length=10, seed=7)
     model.train()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B.default" in name:
-                p.add_(0.05 * torch.randn_like(p))
+    _move_adapter(model)
     items = torch.tensor(50)
     total = trainer.compute_loss(model, dict(batch), num_items_in_batch=items)
     logits = model(**batch).logits
@@ -237,10 +239,7 @@ def test_a_head_that_post_processes_logits_falls_back_to_the_full_forward(tmp_pa
     assert trainer._scored_head is None and "scored-rows head off" in caplog.text
     batch = llama_batch(batch=4, length=10, seed=5)
     model.train()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B.default" in name:
-                p.add_(0.05 * torch.randn_like(p))
+    _move_adapter(model)
     total = trainer.compute_loss(model, dict(batch))
     out = model(**batch)
     with balora.as_pretrained(model), torch.no_grad():
