@@ -230,6 +230,11 @@ def _fused_chunk(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None
     passes at T = 2 (softmax(z) ∝ e_u², softmax(z/T) ∝ e_u, softmax(t/T) ∝ p); the cross-entropy alone
     takes one (softmax(z) ∝ exp(z − max)). A term whose scale is None adds nothing to dz.
 
+    Not shared with :func:`_chunk_sums` / :func:`_chunk_grad`, which serve the paths whose coefficients come
+    only in backward: those save the rows' log-sum-exps and top-K indices so that backward needs one exp
+    pass per softmax; rerunning this kernel there instead was measured 11-27 % slower
+    (``experiments/measure_row_terms.py --m 256 --variant rows|head``).
+
     ``z`` and ``t`` are consumed: the caller passes fresh chunks and keeps no reference, so each is freed
     (or overwritten: t becomes t − z) as soon as it is no longer needed; at most four (r, V) float
     tensors are alive at once.

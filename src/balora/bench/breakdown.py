@@ -20,7 +20,6 @@ import torch.nn as nn
 from .. import regularizers as R
 from ..training.scored_rows import ScoredRows, scored_forward
 from ..training.terms import nlg_loss, reference_rows, rows_of_logits, student_rows
-from ..training.weights import TERMS
 from .memory import extra_peak_mib
 from .timing import median_ms
 
@@ -58,8 +57,7 @@ def balora_breakdown(trainer: Any, model: nn.Module, inputs: dict[str, torch.Ten
 
     def pass_with(active: dict[str, float]) -> Any:
         def run() -> None:
-            nlg_loss(_leaf_rows(student), teacher, head, {**dict.fromkeys(TERMS, 0.0), **active},
-                     config)[0].backward()
+            nlg_loss(_leaf_rows(student), teacher, head, active, config)[0].backward()
         return run
 
     def svd_alone(method: str, through_head: bool = False) -> Any:
