@@ -7,7 +7,8 @@ import torch
 from test_regularizers import _Float32Sizes, randn
 
 from balora import regularizers as R
-from balora.row_terms import head_row_loss, head_row_term_sums, row_term_sums
+from balora.head_loss import head_row_loss
+from balora.row_terms import head_row_term_sums, row_term_sums
 
 # ----------------------------------------------------------------------------- float64 references (loops)
 
@@ -211,6 +212,29 @@ def test_head_row_loss_is_the_weighted_sums_with_the_gradient_formed_in_forward(
         lambda a: head_row_loss(a, w, b, chunk_rows, c, targets=y, teacher_hidden=t_h, top_k=4)[0], (x,))
 
 
+@pytest.mark.parametrize("temperature", [2.0, 1.5])
+@pytest.mark.parametrize(("c", "with_targets"), [((0.7, 0.0, 0.0), True), ((0.0, 0.3, 0.0), True),
+                                                 ((0.0, 0.0, -0.2), True), ((0.7, 0.3, 0.0), True),
+                                                 ((0.0, 0.3, -0.2), False), ((0.0, 0.0, 0.0), True)])
+def test_head_row_loss_every_coefficient_pattern_against_autograd(temperature, c, with_targets):
+    """Each path of the fused kernel (at T = 2 the halved logits, else the general one), float64: the loss
+    and dL/dH against autograd through the materialised logits and the loop references."""
+    h, w, b, t_h = randn(7, 5, seed=42), randn(25, 5, seed=43), randn(25, seed=44), randn(7, 5, seed=45)
+    y = targets(7, 25, seed=1) if with_targets else None
+    x, xx = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    loss, *sums = head_row_loss(x, w, b, 3, c, targets=y, teacher_hidden=t_h, temperature=temperature, top_k=4)
+    z, t = torch.nn.functional.linear(xx, w, b), torch.nn.functional.linear(t_h, w, b)
+    ce, kl, ent = ref_sums(z, targets(7, 25, seed=1), t, temperature, 4)
+    expected = [ce if with_targets else torch.zeros((), dtype=z.dtype), kl, ent]
+    for got, want in zip(sums, expected, strict=True):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-10)
+    e_loss = sum(ci * e for ci, e in zip(c, expected, strict=True))
+    torch.testing.assert_close(loss, e_loss.detach(), rtol=1e-10, atol=1e-10)
+    # all coefficients 0: both gradients are exactly zero
+    torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(e_loss, xx)[0],
+                               rtol=1e-9, atol=1e-11)
+
+
 def test_head_row_loss_zero_coefficients_tensor_coefficient_and_no_vocab_sized_tensor():
     h, w, y = randn(16, 8, seed=35).float(), randn(64, 8, seed=36).float(), targets(16, 64)
     x = h.clone().requires_grad_(True)
@@ -230,6 +254,28 @@ def test_head_row_loss_zero_coefficients_tensor_coefficient_and_no_vocab_sized_t
         head_row_loss(x, w.clone().requires_grad_(True), None, 2, (1.0, 0.0, 0.0), targets=y)
     with pytest.raises(ValueError, match="coefficients"):
         head_row_loss(x, w, None, 2, (1.0, 0.0), targets=y)
+
+
+@pytest.mark.parametrize(("teacher", "temperature", "chunks_alive"), [(False, 2.0, 1), (True, 2.0, 3), (True, 1.5, 3)])
+def test_head_row_loss_keeps_at_most_three_vocabulary_chunks_alive(teacher, temperature, chunks_alive):
+    """Counted from torch's CPU allocation records: the CE alone holds one (r, V) chunk at a time (the
+    logits, turned into the softmax in place), with the teacher three (z, t and p, then e_u, p and the CE's
+    softmax); the rest is a few (r,)-sized vectors and the (M, h) gradient. Chunk: 16 x 4096 float32 = 256 KiB.
+    """
+    from balora.bench.memory import step_tensor_rise_bytes
+
+    m, h_dim, v, rows = 64, 8, 4096, 16
+    h, w, y = randn(m, h_dim, seed=39).float(), randn(v, h_dim, seed=40).float(), targets(m, v)
+    t_h = h + 0.05 * randn(m, h_dim, seed=41).float() if teacher else None
+    x = h.clone().requires_grad_(True)
+    chunk = rows * v * 4
+    out = []
+    rise = step_tensor_rise_bytes(lambda: out.append(head_row_loss(
+        x, w, None, rows, (1.0, 0.5 if teacher else 0.0, -0.1), targets=y, teacher_hidden=t_h,
+        temperature=temperature, top_k=8)))
+    if rise is None:
+        pytest.skip("this torch's profiler records no CPU memory events")
+    assert chunks_alive * chunk <= rise < (chunks_alive + 0.5) * chunk, (rise / chunk)
 
 
 def test_head_row_loss_teacher_equal_to_student_gives_exactly_zero_kl():

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["head_row_loss", "head_row_term_sums", "row_term_sums"]
+__all__ = ["head_row_term_sums", "row_term_sums"]
 
 Sums = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -221,121 +221,6 @@ class _HeadRowSums(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
-def _fused_chunk(z: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None, temperature: float, top_k: int,
-                 scales: list[torch.Tensor | None], want_grad: bool) -> tuple[torch.Tensor, ...]:
-    """(ce, kl, entropy, dz) of one chunk z (r, V), dz = d(c_ce·ce + c_kl·kl + c_ent·ent)/dz (None if unwanted).
-
-    Forward and gradient in one place, so the gradient reuses the forward's exponentials instead of
-    rebuilding them: with the teacher, e_u = exp((z − max)/T) and p = exp((t − max)/T) are the only exp
-    passes at T = 2 (softmax(z) ∝ e_u², softmax(z/T) ∝ e_u, softmax(t/T) ∝ p); the cross-entropy alone
-    takes one (softmax(z) ∝ exp(z − max)). A term whose scale is None adds nothing to dz.
-
-    Not shared with :func:`_chunk_sums` / :func:`_chunk_grad`, which serve the paths whose coefficients come
-    only in backward: those save the rows' log-sum-exps and top-K indices so that backward needs one exp
-    pass per softmax; rerunning this kernel there instead was measured 11-27 % slower
-    (``experiments/measure_row_terms.py --m 256 --variant rows|head``).
-
-    ``z`` and ``t`` are consumed: the caller passes fresh chunks and keeps no reference, so each is freed
-    (or overwritten: t becomes t − z) as soon as it is no longer needed; at most four (r, V) float
-    tensors are alive at once.
-    """
-    c_ce, c_kl, c_ent = scales
-    inv_t = 1.0 / temperature
-    ce = kl = ent = z.new_zeros(())
-    grad = ent_grad = None
-    shape = z.shape
-    z_top = z.amax(dim=-1, keepdim=True)
-    picked = None if y is None else z.gather(1, y[:, None]).squeeze(1)
-    if top_k:
-        values, idx = z.topk(top_k, dim=-1, sorted=False)
-        logp = F.log_softmax(values, dim=-1)
-        q = logp.exp()
-        entropy = -(q * logp).sum(dim=-1, keepdim=True)
-        ent = entropy.sum()
-        if want_grad and c_ent is not None:
-            ent_grad = (idx, q.mul_(logp + entropy).mul_(-c_ent))
-    e_u = sum_u = p = sum_w = None
-    if t is not None:
-        e_u = _scaled_minus(z, inv_t, z_top * inv_t).exp_()
-        sum_u = e_u.sum(dim=-1)
-        t = t.to(z.dtype)
-        t_top = t.amax(dim=-1, keepdim=True)
-        p = _scaled_minus(t, inv_t, t_top * inv_t).exp_()
-        sum_w = p.sum(dim=-1)
-        diff = t.sub_(z)  # t − z, in t's own storage
-        kl = (torch.linalg.vecdot(diff, p) * inv_t / sum_w - (t_top.squeeze(-1) * inv_t + sum_w.log())
-              + (z_top.squeeze(-1) * inv_t + sum_u.log())).sum()
-        del diff, t
-    if y is not None:
-        if e_u is not None and _squares_to_power(temperature):
-            del z
-            probs = e_u.square()  # exp(z − max), unnormalised
-        else:
-            probs = _scaled_minus(z, 1.0, z_top).exp_()
-            del z
-        total = probs.sum(dim=-1)
-        ce = (z_top.squeeze(-1) + total.log() - picked).sum()
-        if want_grad and c_ce is not None:
-            grad = probs.mul_((c_ce / total)[:, None])
-            grad.scatter_add_(1, y[:, None], (-c_ce).expand(y.shape[0], 1))
-        del probs
-    if e_u is not None and want_grad and c_kl is not None:
-        e_u.mul_((c_kl * inv_t / sum_u)[:, None]).sub_(p.mul_((c_kl * inv_t / sum_w)[:, None]))
-        grad = e_u if grad is None else grad.add_(e_u)
-    del e_u, p
-    if want_grad:
-        if grad is None:
-            grad = z_top.new_zeros(shape)
-        if ent_grad is not None:
-            grad.scatter_add_(1, *ent_grad)
-    return ce, kl, ent, grad
-
-
-class _HeadRowLoss(torch.autograd.Function):
-    """L = c_ce·ce + c_kl·kl + c_ent·entropy over Z = H W^T (+ b), with dL/dH formed IN the forward.
-
-    The coefficients are known when the step calls (the trainer's weights and normalisers), so each
-    chunk's dL/dz exists while its logits do and becomes dL/dH_c = dz W at once: backward only scales the
-    saved (M, h) gradient by the incoming one. Nothing of size V outlives its chunk and no chunk is rebuilt
-    (the idea of Liger-Kernel's fused linear cross-entropy, written here from the math). The three sums
-    are returned too, without gradient (for logging).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, temperature, top_k, rows,  # type: ignore[override]
-                coefficients):
-        dtype = compute_dtype(hidden)
-        wants = [torch.is_tensor(c) or c != 0.0 for c in coefficients]  # a tensor: on (no host sync to test it)
-        scales = [None if not want else c.to(device=hidden.device, dtype=dtype) if torch.is_tensor(c)
-                  else hidden.new_tensor(c, dtype=dtype) for c, want in zip(coefficients, wants, strict=True)]
-        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        totals = [hidden.new_zeros((), dtype=dtype) for _ in range(3)]
-        for start in range(0, hidden.shape[0], rows):
-            sl = slice(start, start + rows)
-            # fresh chunks, no reference kept here: _fused_chunk frees (or overwrites) them as it goes
-            *parts, dz = _fused_chunk(
-                _head_logits(hidden[sl], weight, bias).to(dtype), None if targets is None else targets[sl],
-                None if teacher_hidden is None else _head_logits(teacher_hidden[sl], weight, bias),
-                temperature, top_k, scales, grad is not None)
-            for total, part in zip(totals, parts, strict=True):
-                total += part
-            if grad is not None:
-                grad[sl] = dz.to(weight.dtype) @ weight
-            del dz
-        loss = sum((c * t for c, t in zip(scales, totals, strict=True) if c is not None), totals[0].new_zeros(()))
-        ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(*totals)
-        return (loss, *totals)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_loss, *_):  # type: ignore[override]
-        grad, = ctx.saved_tensors
-        if grad is None or g_loss is None:
-            return (None,) * 9
-        return (grad * g_loss.to(grad.dtype), *(None,) * 8)
-
-
 def _check(m: int, width: int, targets: torch.Tensor | None, teacher: torch.Tensor | None, teacher_shape: tuple,
            temperature: float, top_k: int, chunk_rows: int) -> int:
     if targets is not None and tuple(targets.shape) != (m,):
@@ -387,31 +272,3 @@ def head_row_term_sums(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return _HeadRowSums.apply(hidden, weight.detach(), None if bias is None else bias.detach(), targets,
                               None if teacher_hidden is None else teacher_hidden.detach(),
                               float(temperature), kk, int(chunk_rows))
-
-
-def head_row_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_rows: int,
-                  coefficients: tuple[float | torch.Tensor, float, float], *, targets: torch.Tensor | None = None,
-                  teacher_hidden: torch.Tensor | None = None, temperature: float = 2.0,
-                  top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(L, ce, kl, entropy)``: the sums of :func:`head_row_term_sums` and their weighted total
-    L = c_ce·ce + c_kl·kl + c_ent·entropy, ``coefficients`` = (c_ce, c_kl, c_ent), numbers or 0-dim tensors
-    (a tensor, e.g. 1 / num_items_in_batch on the device, is never read back to the host).
-
-    Only L carries a gradient (to ``hidden``), computed during the forward chunk by chunk: the step that
-    knows its weights when it calls (the trainer) pays one head matmul per logits for the gradient, as
-    with materialised logits, and holds no (M, V) tensor at any time. A coefficient of 0 skips its term's
-    gradient (its sum is still computed when its input is given: ``teacher_hidden`` for kl, ``top_k`` for
-    the entropy). ``hidden`` (M, h), ``weight`` (V, h) frozen, ``bias`` (V,) frozen or None.
-    """
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"expected hidden (M, h) and weight (V, h), got {tuple(hidden.shape)} "
-                         f"and {tuple(weight.shape)}")
-    if weight.requires_grad or (bias is not None and bias.requires_grad):
-        raise ValueError("head_row_loss needs a frozen head; use row_term_sums on the logits rows")
-    if len(coefficients) != 3:
-        raise ValueError(f"coefficients must be (c_ce, c_kl, c_ent), got {coefficients!r}")
-    m, v = hidden.shape[0], weight.shape[0]
-    kk = _check(m, v, targets, teacher_hidden, tuple(hidden.shape), temperature, top_k, chunk_rows)
-    return _HeadRowLoss.apply(hidden, weight.detach(), None if bias is None else bias.detach(), targets,
-                              None if teacher_hidden is None else teacher_hidden.detach(), float(temperature), kk,
-                              int(chunk_rows), tuple(c if torch.is_tensor(c) else float(c) for c in coefficients))

@@ -7,6 +7,12 @@ transformers, peft, balora and the Trainer stack already imported). The number t
 model's weights, the optimizer state, the activations, the allocator's slack and anything a library
 allocated on the way; it is not a tensor-only count like CUDA's ``max_memory_allocated``. In-process
 runs (tests) rely on the same reset.
+
+Beside it, ``tensor_peak_mib`` counts tensors only, as CUDA's allocator does: the bytes of the distinct CPU
+tensor storages alive before the step (weights, optimizer state) minus those alive before the model was
+built, plus how far torch's CPU allocator's live bytes rise during one step, read from the profiler's
+allocation records (``torch.profiler`` with ``profile_memory=True``). It does not move with glibc's heap,
+so it is the CPU number to compare with a GPU's, and the one whose ratios repeat from run to run.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import gc
 import os
 import resource
 import sys
+import warnings
 from typing import Any
 
 import torch
@@ -96,6 +103,44 @@ def touch_linear_algebra() -> None:
     torch.linalg.eigh((matrix.T @ matrix).double())
 
 
+def live_tensor_bytes() -> int:
+    """Bytes of the distinct CPU tensor storages that Python objects hold (weights, gradients, optimizer
+    state, a batch): each storage counted once, however many views share it."""
+    storages: dict[int, int] = {}
+    with warnings.catch_warnings():  # some modules' lazy attributes warn when isinstance() probes them
+        warnings.simplefilter("ignore")
+        objects = gc.get_objects()
+        tensors = [obj for obj in objects if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        try:
+            if obj.device.type == "cpu" and not obj.is_meta:
+                storage = obj.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+            continue
+    return sum(storages.values())
+
+
+def step_tensor_rise_bytes(step: Any) -> int | None:
+    """How far the live bytes of torch's CPU allocator rise above their level at the call while ``step()``
+    runs, from the profiler's allocation and free records in time order; None when the profiler cannot
+    record memory here. Frees of blocks allocated before the call count as falls (the net may be < 0)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        records = [e for e in prof.profiler.kineto_results.events()
+                   if e.name() == "[memory]" and e.device_type() == torch._C._autograd.DeviceType.CPU]
+    except (AttributeError, RuntimeError):
+        return None
+    live = rise = 0
+    for record in sorted(records, key=lambda e: e.start_ns()):
+        live += record.nbytes()
+        rise = max(rise, live)
+    return rise
+
+
 def _current(cuda: bool) -> int:
     return torch.cuda.memory_allocated() if cuda else (_rss_bytes() or 0)
 
@@ -121,6 +166,7 @@ class MemoryMeter:
         self.cuda = device.startswith("cuda")
         self.fresh_process = fresh_process
         self.baseline = 0
+        self.tensor_baseline = 0
         self._reset_ok = False
 
     def start(self) -> None:
@@ -129,6 +175,7 @@ class MemoryMeter:
         _settle(self.cuda)
         self.baseline = _current(self.cuda)
         if not self.cuda:
+            self.tensor_baseline = live_tensor_bytes()
             _reset_hwm()
 
     def steady(self) -> None:
@@ -162,7 +209,17 @@ class MemoryMeter:
             kind = f"cpu peak RSS (ru_maxrss) over {whole}"
         out.update(peak_mib=self._mib(peak), process_peak_mib=round(peak / MIB, 1),
                    memory_kind=kind + ", minus the amount before the model was built")
+        out["tensor_peak_mib"] = out["peak_mib"] if self.cuda else self._tensor_peak_mib(step)
         return out
+
+    def _tensor_peak_mib(self, step: Any) -> float | None:
+        """CPU tensors only: live storages before one more step (less the start's) plus the step's rise."""
+        if step is None:
+            return None
+        gc.collect()
+        held = live_tensor_bytes() - self.tensor_baseline
+        rise = step_tensor_rise_bytes(step)
+        return None if rise is None else round((held + rise) / MIB, 3)
 
 
 def extra_peak_mib(fn: Any, device: str) -> float | None:

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 
 from .. import regularizers as R
-from ..row_terms import head_row_loss, head_row_term_sums, row_term_sums
+from ..head_loss import head_row_loss
+from ..row_terms import head_row_term_sums, row_term_sums
 
 logger = logging.getLogger("balora")
 
@@ -247,7 +248,7 @@ def nlg_step_loss(student: ScoredRows, reference: ScoredRows | None, head: Score
 
     ``task`` and ``terms`` are what :func:`nlg_step_terms` returns (the task already times ``task_scale``),
     for logging and checks. With hidden rows and a frozen linear head (:func:`hidden_rows_only`) the CE,
-    KL and entropy come from :func:`balora.row_terms.head_row_loss`, which knows their coefficients and
+    KL and entropy come from :func:`balora.head_loss.head_row_loss`, which knows their coefficients and
     forms the gradient during the forward: no (M, V) tensor at any point, the student's or the
     reference's; ``task`` and those two terms are then values without gradient, and ``loss`` carries it.
     Otherwise the terms are combined as returned (logits rows, the fallback).
