@@ -3,7 +3,8 @@
 # committed tables: experiments/export_results.py), then regenerate the page from them (make_results.py).
 #   experiments/run_all.sh                 # everything
 #   experiments/run_all.sh main noise      # only these (names: main sign-grad noise noise-epochs imbalance ablation
-#                                          # weight-sweep paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr)
+#                                          # weight-sweep paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr
+#                                          # nlg-chain-sum-long)
 # Finished cells are skipped on a re-run (delete runs/<experiment> to start over). Runs at low priority.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ NICE="nice -n 15"
 # one intra-op thread: on a shared 2-core machine two torch threads fighting another job spin in the
 # kernel (5-7 s per step instead of ~1 s); results do not depend on this beyond float summation order.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr"
+ALL="main sign-grad imbalance noise noise-epochs weight-sweep ablation paper rank lr ood boolq nlg nlg-chain-sum nlg-chain-sum-lr nlg-chain-sum-long"
 WANT="${*:-$ALL}"
 
 output() {  # output CONFIG: the config's output folder
@@ -104,6 +105,17 @@ case " $WANT " in *" nlg-chain-sum-lr "*)
         $NICE balora compare --config "$grid" --methods "$method" --grid "learning_rate=$rate" --seeds 0 1 2
     done
     export_runs "$grid" ;;
+esac
+# twice the training budget, each method at the rate the 60-step grid chose on validation (two rate groups:
+# two compare folders, exported as one experiment)
+case " $WANT " in *" nlg-chain-sum-long "*)
+    long=experiments/nlg-chain-sum-long.yaml
+    for seeds in "0" "0 1" "0 1 2"; do
+        $NICE balora compare --config "$long" --methods lora dora dual-lora --grid learning_rate=2e-3 --seeds $seeds
+        $NICE balora compare --config "$long" --output runs/nlg-chain-sum-long-b --methods pissa ba-lora \
+            --grid learning_rate=5e-4 --seeds $seeds
+    done
+    python experiments/export_results.py runs/nlg-chain-sum-long runs/nlg-chain-sum-long-b --name nlg-chain-sum-long ;;
 esac
 
 # every table, number and figure of docs/results.md, from experiments/results/ only; commit those files
