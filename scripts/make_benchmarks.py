@@ -7,6 +7,8 @@ docs/benchmarks.md is hand-written prose with generated blocks between ``<!-- BE
 ``<!-- END name -->``; only the blocks are rewritten. The JSON and the commands that write it:
 
 - ``docs/bench/tiny-cpu.json``: :data:`TINY_COMMAND` (``balora bench`` rows);
+- ``docs/bench/tiny-cpu-nf4.json``: :data:`NF4_COMMAND` (the quantized rows beside their float32 ones);
+- ``docs/bench/head-chunk.json``: ``experiments/measure_head_chunk.py`` (the loss kernel on one chunk);
 - ``docs/bench/pissa-init.json``: ``scripts/measure_pissa_init.py``;
 - ``docs/bench/gpu-check/``: the folder ``make gpu-check`` writes on a GPU machine (absent: "not measured").
 """
@@ -96,6 +98,13 @@ def tiny_lora_row(rows: list[dict[str, Any]]) -> str:
     return _fence(json.dumps({k: v for k, v in lora.items() if k != "svd_init"}, indent=2), "json")
 
 
+def _tensors(r: dict[str, Any], before: str = "; ") -> str:
+    """'; tensors only 1.14× (143 MiB)' where the row counted its tensors, else ''."""
+    if r.get("tensor_memory_ratio_vs_lora") is None:
+        return ""
+    return f"{before}tensors only {_x(r['tensor_memory_ratio_vs_lora'])} ({r['tensor_peak_mib']:.0f} MiB)"
+
+
 def tiny_findings(rows: list[dict[str, Any]]) -> str:
     by = {r["method"]: r for r in rows if "error" not in r}
     out = []
@@ -104,7 +113,7 @@ def tiny_findings(rows: list[dict[str, Any]]) -> str:
     if "ba-lora" in by:
         b = by["ba-lora"]
         line = (f"- **BA-LoRA: {_x(b['time_ratio_vs_lora'])} LoRA's step time and {_x(b['memory_ratio_vs_lora'])} "
-                f"its peak memory** ({b['step_ms']:.0f} ms, {b['peak_mib']:.0f} MiB).")
+                f"its peak memory** ({b['step_ms']:.0f} ms, {b['peak_mib']:.0f} MiB{_tensors(b)}).")
         parts = b.get("breakdown") or {}
         if "over_lora_ms" in parts:
             pieces = [(k, label) for k, label in (("reference_forward_ms", "the reference forward"),
@@ -119,7 +128,8 @@ def tiny_findings(rows: list[dict[str, Any]]) -> str:
         out.append(line)
     if "dual-lora" in by:
         d = by["dual-lora"]
-        line = (f"- **Dual LoRA: {_x(d['time_ratio_vs_lora'])} time, {_x(d['memory_ratio_vs_lora'])} memory.**")
+        line = (f"- **Dual LoRA: {_x(d['time_ratio_vs_lora'])} time, {_x(d['memory_ratio_vs_lora'])} memory**"
+                f"{_tensors(d, ', ')}.")
         naive = by.get("dual-lora-naive")
         if naive:
             line += (f" Against the naive formula in the same run: {d['step_ms'] / naive['step_ms']:.2f}× the time "
@@ -127,8 +137,8 @@ def tiny_findings(rows: list[dict[str, Any]]) -> str:
         out.append(line)
     if "pissa" in by:
         p = by["pissa"]
-        out.append(f"- **PiSSA: {_x(p['time_ratio_vs_lora'])} time, {_x(p['memory_ratio_vs_lora'])} memory** "
-                   "(the same step as LoRA; only the initialisation differs).")
+        out.append(f"- **PiSSA: {_x(p['time_ratio_vs_lora'])} time, {_x(p['memory_ratio_vs_lora'])} memory**"
+                   f"{_tensors(p, ', ')} (the same step as LoRA; only the initialisation differs).")
     if "lora-stock" in by and "lora" in by:
         s, lora = by["lora-stock"], by["lora"]
         out.append(f"- **balora's LoRA against the usual setup** (stock peft + stock `Trainer`, `lora-stock`): "
@@ -145,6 +155,40 @@ def tiny_findings(rows: list[dict[str, Any]]) -> str:
         out.append(f"- PiSSA initialisation of the whole model: exact SVD {svd['exact_s']:.2f} s, randomized "
                    f"(`pissa_niter={svd['niter']}`) {svd['randomized_s']:.2f} s.")
     return "\n".join(out) + "\n"
+
+
+NF4_COMMAND = ("nice balora bench --model tiny --device cpu --threads 1 --methods lora lora-nf4 ba-lora ba-lora-nf4 "
+               "--json --output docs/bench/tiny-cpu-nf4.json")
+
+
+def nf4_findings(rows: list[dict[str, Any]]) -> str:
+    """The quantized rows beside their float32 ones: memory both ways, step time, final loss."""
+    by = {r["method"]: r for r in rows if "error" not in r}
+    pairs = [(full, f"{full}-nf4") for full in ("lora", "ba-lora") if full in by and f"{full}-nf4" in by]
+    out = [_fence(NF4_COMMAND, "bash")]
+    for full, quant in pairs:
+        f, q = by[full], by[quant]
+        tensors = ""
+        if f.get("tensor_peak_mib") is not None and q.get("tensor_peak_mib") is not None:
+            tensors = (f"; tensors only {f['tensor_peak_mib']:.1f} → {q['tensor_peak_mib']:.1f} MiB "
+                       f"({q['tensor_peak_mib'] - f['tensor_peak_mib']:+.1f} MiB)")
+        out.append(f"- `{full}` → `{quant}`: peak RSS {f['peak_mib']:.1f} → {q['peak_mib']:.1f} MiB{tensors}; step "
+                   f"{f['step_ms']:.0f} → {q['step_ms']:.0f} ms; final loss {f['final_loss']:.3f} → "
+                   f"{q['final_loss']:.3f} (load average {q['load_average_1m']}).")
+    return "\n".join(out) + "\n"
+
+
+def head_chunk(data: dict[str, Any]) -> str:
+    """The fused loss kernel on one chunk, this tree against the commit before it (thread CPU time)."""
+    lines = [_fence(data["command"], "bash"),
+             f"| one chunk ({data['rows']} × {data['vocab']:,}, h {data['hidden']}) | kernel at {data['commit']} "
+             "(ms) | now (ms) | of which the head matmuls (ms) | elementwise work, now / before |",
+             "|---|---|---|---|---|"]
+    for r in data["results"]:
+        share = (r["now_ms"] - r["matmuls_ms"]) / (r["before_ms"] - r["matmuls_ms"])
+        lines.append(f"| {r['case']} | {r['before_ms']:.1f} | {r['now_ms']:.1f} | {r['matmuls_ms']:.1f} | "
+                     f"{share:.2f} |")
+    return "\n".join(lines) + f"\n\nMedian thread CPU time of {data['reps']} repeats, torch {data['torch']}.\n"
 
 
 # ------------------------------------------------------------------ PiSSA initialisation
@@ -219,15 +263,21 @@ def _tiny(fn: Callable[[list[dict[str, Any]]], str]) -> Callable[[], str]:
     return lambda: fn(_load("tiny-cpu.json")) if _load("tiny-cpu.json") else _missing("tiny-cpu.json")
 
 
+def _nf4(fn: Callable[[list[dict[str, Any]]], str]) -> Callable[[], str]:
+    return lambda: fn(_load("tiny-cpu-nf4.json")) if _load("tiny-cpu-nf4.json") else _missing("tiny-cpu-nf4.json")
+
+
 def _pissa(fn: Callable[[dict[str, Any]], str]) -> Callable[[], str]:
     return lambda: fn(_load("pissa-init.json")) if _load("pissa-init.json") else _missing("pissa-init.json")
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "tiny-setup": _tiny(tiny_setup), "tiny-report": _tiny(tiny_report), "tiny-goals": _tiny(tiny_goals),
-    "tiny-findings": _tiny(tiny_findings), "tiny-lora-row": _tiny(tiny_lora_row),
+    "tiny-findings": _tiny(tiny_findings), "tiny-lora-row": _tiny(tiny_lora_row), "nf4-findings": _nf4(nf4_findings),
     "pissa-setup": _pissa(pissa_setup), "pissa-table": _pissa(pissa_table), "pissa-verdict": _pissa(pissa_verdict),
     "pissa-default": lambda: f"niter = {DEFAULT_NITER}, oversample p = {DEFAULT_OVERSAMPLE}\n",
+    "head-chunk": lambda: head_chunk(_load("head-chunk.json")) if _load("head-chunk.json") else _missing(
+        "head-chunk.json"),
     "gpu-results": gpu_results,
 }
 

@@ -132,11 +132,12 @@ def test_nf4_rows_train_over_linear4bit_base_layers_and_are_opt_in():
 
 def _synthetic(device: str = "cpu") -> list[dict]:
     """Rows with known times and memory: ratios to the lora row are known exactly."""
-    def row(method: str, ms: float, mib: float) -> dict:
-        return {"method": method, "step_ms": ms, "peak_mib": mib, "device": device}
+    def row(method: str, ms: float, mib: float, tensor_mib: float | None) -> dict:
+        return {"method": method, "step_ms": ms, "peak_mib": mib, "tensor_peak_mib": tensor_mib, "device": device}
 
-    rows = [row("lora", 200.0, 400.0), row("ba-lora", 278.0, 470.0), row("dual-lora", 240.0, 390.0),
-            row("pissa", 204.0, 420.0), {"method": "dora", "error": "out of memory"}]
+    rows = [row("lora", 200.0, 400.0, 100.0), row("ba-lora", 278.0, 470.0, 114.0),
+            row("dual-lora", 240.0, 390.0, 101.0), row("pissa", 204.0, 420.0, None),
+            {"method": "dora", "error": "out of memory"}]
     rows[1]["breakdown"] = {"reference_forward_ms": 40.0, "gather_ms": 5.0, "regularizers_ms": 30.0}
     return rows
 
@@ -149,16 +150,22 @@ def test_ratios_and_goals_on_rows_with_known_answers():
     assert by["ba-lora"]["time_ratio_vs_lora"] == 1.39 and by["ba-lora"]["memory_ratio_vs_lora"] == 1.175
     assert by["dual-lora"]["time_ratio_vs_lora"] == 1.2 and by["dual-lora"]["memory_ratio_vs_lora"] == 0.975
     assert by["pissa"]["time_ratio_vs_lora"] == 1.02 and by["pissa"]["memory_ratio_vs_lora"] == 1.05
+    assert by["ba-lora"]["tensor_memory_ratio_vs_lora"] == 1.14
+    assert by["dual-lora"]["tensor_memory_ratio_vs_lora"] == 1.01
+    assert by["pissa"]["tensor_memory_ratio_vs_lora"] is None  # not measured
     parts = by["ba-lora"]["breakdown"]
     assert parts["over_lora_ms"] == 78.0 and parts["unexplained_ms"] == 3.0  # 78 - (40 + 5 + 30)
     assert parts["reference_forward_vs_lora"] == 0.2 and parts["over_lora_mib"] == 70.0
     verdicts = {(c["method"], c["what"]): c["passed"] for c in check_goals(rows)}
     assert verdicts == {("ba-lora", "time"): True, ("ba-lora", "peak memory"): False,
+                        ("ba-lora", "tensor memory"): True,  # the CPU's tensor count: <= 1.15
                         ("dual-lora", "time"): False, ("dual-lora", "peak memory"): True,
-                        ("pissa", "time"): True, ("pissa", "peak memory"): False}
+                        ("dual-lora", "tensor memory"): False,  # <= 1.00
+                        ("pissa", "time"): True, ("pissa", "peak memory"): False, ("pissa", "tensor memory"): None}
     text = format_goals(rows)
-    assert "ba-lora    time         goal <= 1.40" in text and "measured 1.39x   PASS" in text
-    assert "pissa      peak memory  goal 1.00 ± 0.03" in text and "measured 1.05x   FAIL" in text
+    assert "ba-lora    time          goal <= 1.40" in text and "measured 1.39x   PASS" in text
+    assert "pissa      peak memory   goal 1.00 ± 0.03" in text and "measured 1.05x   FAIL" in text
+    assert "ba-lora    tensor memory goal <= 1.15      measured 1.14x   PASS" in text
     gpu = _synthetic("cuda")
     add_ratios(gpu)
     verdicts = {(c["method"], c["what"]): c["passed"] for c in check_goals(gpu)}
@@ -188,6 +195,27 @@ def test_cpu_peak_rss_sees_a_known_allocation():
         pytest.skip("this kernel does not let a process reset its RSS peak (/proc/self/clear_refs)")
     quiet, loud, quiet_again = _peak_mib(0), _peak_mib(200), _peak_mib(0)
     assert 190 <= loud - max(quiet, quiet_again) <= 230, (quiet, loud, quiet_again)
+
+
+def test_cpu_tensor_peak_counts_held_and_step_tensors_exactly():
+    """tensor_peak_mib = tensors created since start() and still held (the 'weights') + the step's rise."""
+    meter = MemoryMeter("cpu", fresh_process=False)
+    meter.start()
+    weights = torch.zeros(24 * 2**20 // 4)  # 24 MiB held from before the step to after it
+
+    def step() -> None:
+        first = torch.ones(40 * 2**20 // 4)
+        view = first[: 2**20]  # a view: no new storage
+        second = torch.ones(8 * 2**20 // 4)  # 48 MiB at once
+        del first, view, second
+        torch.ones(16 * 2**20 // 4)  # freed at once: 16 MiB, below the peak
+
+    meter.steady()
+    report = meter.report(step)
+    if report["tensor_peak_mib"] is None:
+        pytest.skip("this torch's profiler records no CPU memory events")
+    assert abs(report["tensor_peak_mib"] - (24 + 48)) < 0.5, report
+    del weights
 
 
 def _can_reset_peak() -> bool:

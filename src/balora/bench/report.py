@@ -13,14 +13,16 @@ def _num(value: Any, spec: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("method", "step ms", "x LoRA", "peak MiB", "x LoRA", "tokens/s", "init s", "trainable")
+    head = ("method", "step ms", "x LoRA", "peak MiB", "x LoRA", "tensor MiB", "x LoRA", "tokens/s", "init s",
+            "trainable")
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append((r["method"], "failed: " + r["error"], "", "", "", "", "", ""))
+            lines.append((r["method"], "failed: " + r["error"], *[""] * (len(head) - 2)))
             continue
         lines.append((r["method"], _num(r["step_ms"], ".1f"), _num(r["time_ratio_vs_lora"], ".2f"),
                       _num(r["peak_mib"], ".1f"), _num(r["memory_ratio_vs_lora"], ".2f"),
+                      _num(r.get("tensor_peak_mib"), ".1f"), _num(r.get("tensor_memory_ratio_vs_lora"), ".2f"),
                       _num(r["tokens_per_s"], ",.0f"), _num(r["init_s"], ".3f"), f"{r['trainable_params']:,}"))
     widths = [max(len(line[i]) for line in lines if not line[1].startswith("failed")) for i in range(len(head))]
     text = []
@@ -41,7 +43,12 @@ def format_setup(rows: list[dict[str, Any]]) -> str:
             f"batch {r['batch_size']} x {r['seq_len']} ({r['scored_tokens']} scored), rank {r['rank']}, "
             f"{r['warmup']} warm-up + {r['steps']} timed steps (median), torch {r['torch']}, "
             f"load average {r['load_average_1m']} at the first method\n"
-            f"memory: {r['memory_kind']}; tokens/s counts all {r['batch_size'] * r['seq_len']} tokens per step")
+            f"memory: {r['memory_kind']}{_TENSORS if r['device'] == 'cpu' else ''}; "
+            f"tokens/s counts all {r['batch_size'] * r['seq_len']} tokens per step")
+
+
+_TENSORS = ("; tensor MiB: CPU tensor storages held before a step plus the allocator's rise during it "
+            "(profiler records), less those before the model was built")
 
 
 LABEL = 50  #: width of the breakdown's labels

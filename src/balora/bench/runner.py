@@ -198,6 +198,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         row["time_ratio_vs_lora"] = round(row["step_ms"] / lora["step_ms"], 4) if lora else None
         fits = lora is not None and lora["peak_mib"] > 0
         row["memory_ratio_vs_lora"] = round(row["peak_mib"] / lora["peak_mib"], 4) if fits else None
+        mine, base = row.get("tensor_peak_mib"), (lora or {}).get("tensor_peak_mib")
+        row["tensor_memory_ratio_vs_lora"] = round(mine / base, 4) if mine is not None and base else None
         pieces = row.get("breakdown")
         if pieces and lora:
             _explain(pieces, row["step_ms"], lora["step_ms"])
