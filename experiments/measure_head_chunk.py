@@ -13,28 +13,19 @@ scale. Time: median thread CPU time over repeats, one torch thread. The earlier 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
+from git_module import module_at
 
 from balora import head_loss
 
 
 def _old_kernel(commit: str):
-    source = subprocess.run(["git", "show", f"{commit}:src/balora/row_terms.py"], check=True, capture_output=True,
-                            text=True).stdout
-    path = f"/tmp/balora_row_terms_{commit}.py"
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("old_row_terms", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._fused_chunk
+    return module_at(commit, "src/balora/row_terms.py")._fused_chunk
 
 
 def _ms(fn, reps: int) -> float:

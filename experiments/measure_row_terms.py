@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import os
 import statistics
@@ -48,15 +47,9 @@ def _reset_peak() -> None:
 
 
 def _old_module():
-    source = subprocess.run(["git", "show", f"{OLD_COMMIT}:src/balora/regularizers.py"], check=True,
-                            capture_output=True, text=True).stdout
-    path = f"/tmp/balora_regularizers_{OLD_COMMIT}.py"
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("old_regularizers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from git_module import module_at
+
+    return module_at(OLD_COMMIT, "src/balora/regularizers.py")
 
 
 def child(args: argparse.Namespace) -> dict:
