@@ -110,7 +110,7 @@ esac
 # two compare folders, exported as one experiment)
 case " $WANT " in *" nlg-chain-sum-long "*)
     long=experiments/nlg-chain-sum-long.yaml
-    for seeds in "0" "0 1" "0 1 2"; do
+    for seeds in "0" "0 1" "0 1 2" "0 1 2 3"; do
         $NICE balora compare --config "$long" --methods lora dora dual-lora --grid learning_rate=2e-3 --seeds $seeds
         $NICE balora compare --config "$long" --output runs/nlg-chain-sum-long-b --methods pissa ba-lora \
             --grid learning_rate=5e-4 --seeds $seeds
