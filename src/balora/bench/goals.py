@@ -39,7 +39,7 @@ def _cpu_goals(method: str, time_high: float, memory_high: float, within: bool =
     """Time; memory as the peak RSS and as the tensor count; ``within``: also bounded below, symmetrically
     about 1 (PiSSA's step is LoRA's)."""
     def low(high: float) -> float | None:
-        return 2.0 - high if within else None
+        return round(2.0 - high, 6) if within else None
 
     return (Goal(method, TIME, low(time_high), time_high), Goal(method, MEMORY, low(memory_high), memory_high),
             Goal(method, TENSORS, low(memory_high), memory_high))
