@@ -230,7 +230,7 @@ def test_head_row_loss_every_coefficient_pattern_against_autograd(temperature, c
         torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-10)
     e_loss = sum(ci * e for ci, e in zip(c, expected, strict=True))
     torch.testing.assert_close(loss, e_loss.detach(), rtol=1e-10, atol=1e-10)
-    # all coefficients 0: both gradients are exactly zero
+    # dL/dH against autograd (with every coefficient 0 both are exactly zero)
     torch.testing.assert_close(torch.autograd.grad(loss, x)[0], torch.autograd.grad(e_loss, xx)[0],
                                rtol=1e-9, atol=1e-11)
 

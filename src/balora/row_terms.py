@@ -11,6 +11,8 @@ Two inputs: :func:`row_term_sums` takes the (M, V) logits rows in the model's dt
 builds the student's or the teacher's (M, V) logits: each chunk's logits are recomputed from H as
 H_c @ W^T (+ b), in the head's dtype like the model's own head, in forward and again in backward
 (the idea of Liger-Kernel's / Cut-Cross-Entropy's fused linear cross-entropy, written here from the math).
+When the step knows the terms' coefficients as it calls, :mod:`balora.head_loss` forms dL/dH in the
+forward instead (no chunk rebuilt in backward); it shares this module's chunk helpers and checks.
 
 Memory: both are custom autograd functions that save only their inputs (and the (M, K) top-K indices and
 the rows' (M, 3) log-sum-exps, so that backward needs one exp pass per softmax and no reduction);
